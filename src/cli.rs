@@ -1,0 +1,389 @@
+//! The command line: clap definitions and what each subcommand does.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::device::DeviceSpec;
+use crate::exec::{Executor, RunOptions, RunReport, Status};
+use crate::plan::Plan;
+use crate::spec::{Override, SpecErrors};
+use crate::stage::ShardSel;
+
+/// relay: run cascaded (relay) diffusion experiments declared as YAML pipelines.
+///
+/// A pipeline is a DAG of stages (prepare data -> train each resolution stage ->
+/// publish -> sample -> evaluate). relay runs what is out of date, concurrently where the
+/// graph allows, caches the rest by fingerprint, and records every run under
+/// `WORKDIR/.relay/`.
+///
+/// Exit codes: 0 ok, 1 a stage failed, 2 bad input (pipeline file, flags, files),
+/// 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every stage that is not up to date, in dependency order.
+    Run(RunArgs),
+    /// Print, for every stage, whether it would run, is cached, or is blocked, and why.
+    Plan(PlanArgs),
+    /// Print the pipeline's DAG as Graphviz DOT or Mermaid.
+    Graph(GraphArgs),
+    /// Show the last run of each stage: when, how long, device-hours, outputs.
+    Status(PipelineArgs),
+    /// Parse and check a pipeline without running anything.
+    Validate(PipelineArgs),
+    /// Run one stage whose inputs are already present (what a cluster worker runs).
+    Exec(ExecArgs),
+    /// List the built-in stage kinds.
+    Kinds,
+}
+
+/// The pipeline file and overrides, shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file (e.g. pipelines/quickstart.yaml).
+    pub pipeline: PathBuf,
+    /// Override a parameter: -s stage.key=value (the value is read as YAML: 3, 0.15, true, [64, 16]).
+    #[arg(short = 's', long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<Override>,
+    /// Use this working folder instead of the pipeline's `workdir:`.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+}
+
+/// Which stages to run and how.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Run only this stage (repeatable); what it needs must already be there.
+    #[arg(long, value_name = "STAGE")]
+    pub only: Vec<String>,
+    /// Run this stage and everything downstream of it.
+    #[arg(long, value_name = "STAGE")]
+    pub from: Option<String>,
+    /// Run this stage and everything it needs.
+    #[arg(long, value_name = "STAGE")]
+    pub until: Option<String>,
+    /// Rerun even if up to date: all stages, or `--force=STAGE` (repeatable).
+    #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = "*")]
+    pub force: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// After a stage fails, keep running the stages that do not depend on it.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print what would run, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Device for GPU stages: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+    /// How many stages may run at once (default: the number of CPU cores, at least 2).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The stage (or matrix instance) to run.
+    pub stage: String,
+    /// Run only part I of N (0-based), e.g. `--shard 3/16` (sampling stages).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<ShardSel>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceSpec,
+}
+
+fn parse_shard(s: &str) -> Result<ShardSel, String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let index: usize = i.parse().map_err(|_| format!("`{i}` is not a number"))?;
+    let count: usize = n.parse().map_err(|_| format!("`{n}` is not a number"))?;
+    if count == 0 || index >= count {
+        return Err(format!("shard {index}/{count}: need 0 <= I < N"));
+    }
+    Ok(ShardSel { index, count })
+}
+
+/// An error caused by the user's input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Load and validate a pipeline.
+pub fn load_plan(args: &PipelineArgs) -> Result<Plan, SpecErrors> {
+    let mut spec = crate::spec::load(&args.pipeline, &args.set)?;
+    if let Some(w) = &args.workdir {
+        spec.workdir = std::path::absolute(w).unwrap_or_else(|_| w.clone());
+    }
+    Plan::from_spec(spec)
+}
+
+/// Run a subcommand; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Validate(a) => {
+            let plan = load_plan(&a)?;
+            println!(
+                "{}: ok ({} stages, {} instances)",
+                crate::util::display_path(&plan.spec.file),
+                plan.spec.stages.len(),
+                plan.nodes.len()
+            );
+            Ok(0)
+        }
+        Command::Graph(a) => {
+            let plan = load_plan(&a.pipeline)?;
+            print!(
+                "{}",
+                match a.format {
+                    GraphFormat::Dot => plan.to_dot(),
+                    GraphFormat::Mermaid => plan.to_mermaid(),
+                }
+            );
+            Ok(0)
+        }
+        Command::Kinds => {
+            for k in crate::stage::builtin_kinds() {
+                println!("{:<18} {}", k.name(), k.summary());
+            }
+            Ok(0)
+        }
+        Command::Status(a) => {
+            let plan = load_plan(&a)?;
+            print_status(&plan);
+            Ok(0)
+        }
+        Command::Plan(a) => {
+            let plan = load_plan(&a.pipeline)?;
+            let opts = run_options(&a.select, true, DeviceSpec::Auto, None, false, None);
+            let report = execute(plan, opts)?;
+            print_plan(&report);
+            Ok(0)
+        }
+        Command::Run(a) => {
+            let plan = load_plan(&a.pipeline)?;
+            let opts = run_options(&a.select, a.dry_run, a.device, a.jobs, a.keep_going, None);
+            let dry = opts.dry_run;
+            let report = execute(plan, opts)?;
+            if dry {
+                print_plan(&report);
+                return Ok(0);
+            }
+            print_summary(&report);
+            Ok(exit_code(&report))
+        }
+        Command::Exec(a) => {
+            let plan = load_plan(&a.pipeline)?;
+            let select = SelectArgs {
+                only: vec![a.stage.clone()],
+                from: None,
+                until: None,
+                force: vec![],
+            };
+            let opts = run_options(&select, false, a.device, Some(1), false, a.shard);
+            let report = execute(plan, opts)?;
+            print_summary(&report);
+            if let Some(s) = report
+                .stages
+                .iter()
+                .find(|s| matches!(s.status, Status::Blocked(_)))
+            {
+                return Err(BadInput(format!(
+                    "stage `{}` is needed by `{}` but has no complete output; run it first (relay run PIPELINE --until {})",
+                    s.name, a.stage, s.name
+                ))
+                .into());
+            }
+            Ok(exit_code(&report))
+        }
+    }
+}
+
+fn run_options(
+    s: &SelectArgs,
+    dry_run: bool,
+    device: DeviceSpec,
+    jobs: Option<usize>,
+    keep_going: bool,
+    shard: Option<ShardSel>,
+) -> RunOptions {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    RunOptions {
+        only: s.only.clone(),
+        from: s.from.clone(),
+        until: s.until.clone(),
+        force: s.force.clone(),
+        keep_going,
+        dry_run,
+        device,
+        jobs: jobs.unwrap_or(cores.max(2)),
+        shard,
+    }
+}
+
+/// Run the executor on a tokio runtime, with Ctrl-C wired to its cancellation flag.
+fn execute(plan: Plan, opts: RunOptions) -> anyhow::Result<RunReport> {
+    let exec = Executor::new(plan, opts).map_err(SpecErrors::from)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    rt.block_on(async {
+        let cancel = exec.cancel_handle();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupt: stopping stages at their next safe point (Ctrl-C again to abort now)");
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("aborted");
+                    std::process::exit(130);
+                }
+            }
+        });
+        exec.run().await
+    })
+}
+
+fn exit_code(r: &RunReport) -> i32 {
+    if r.failed() {
+        1
+    } else if r.cancelled {
+        130
+    } else {
+        0
+    }
+}
+
+fn print_plan(r: &RunReport) {
+    let w = r
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    for s in &r.stages {
+        let detail = match &s.status {
+            Status::WouldRun(why) => why.join("; "),
+            Status::Blocked(why) | Status::Skipped(why) | Status::Failed(why) => why.clone(),
+            _ => String::new(),
+        };
+        let word = match &s.status {
+            Status::WouldRun(_) => "run",
+            other => other.word(),
+        };
+        println!("{:<w$}  {:<14} {:<8} {}", s.name, s.kind, word, detail);
+    }
+}
+
+fn print_summary(r: &RunReport) {
+    let w = r
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!("{:<w$}  {:<10} {:>9}  output", "stage", "status", "seconds");
+    for s in &r.stages {
+        let out = s
+            .output
+            .as_ref()
+            .map(|p| crate::util::display_path(p))
+            .unwrap_or_else(|| match &s.status {
+                Status::Skipped(why) | Status::Blocked(why) => format!("({why})"),
+                _ => String::new(),
+            });
+        println!(
+            "{:<w$}  {:<10} {:>9.1}  {}",
+            s.name,
+            s.status.word(),
+            s.seconds,
+            out
+        );
+    }
+    let failed = r
+        .stages
+        .iter()
+        .filter(|s| matches!(s.status, Status::Failed(_)))
+        .count();
+    if failed > 0 {
+        println!("{failed} stage(s) failed; their logs are in .relay/logs/ under the workdir");
+    }
+}
+
+fn print_status(plan: &Plan) {
+    let records = crate::exec::record::read_all(&plan.spec.workdir);
+    let w = plan
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<w$}  {:<10} {:<21} {:>9} {:>12}  output",
+        "stage", "last run", "ended (UTC)", "seconds", "device-hours"
+    );
+    for &i in &plan.order {
+        let name = &plan.nodes[i].name;
+        match records.iter().rev().find(|r| &r.stage == name) {
+            Some(r) => println!(
+                "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {}",
+                name,
+                r.status,
+                r.ended,
+                r.seconds,
+                r.device_hours,
+                r.output
+                    .as_ref()
+                    .map(|o| crate::util::display_path(&o.dir))
+                    .unwrap_or_default()
+            ),
+            None => println!("{:<w$}  {:<10}", name, "never"),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The YAML as written: strict serde structs (`deny_unknown_fields`), so that a typo is
+//! an error with a line number instead of a silently ignored key.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use indexmap::IndexMap;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// A pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineWire {
+    /// The pipeline's name (records and `relay.lock` are keyed by it).
+    pub name: String,
+    /// One line for `relay plan` and model cards.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where artifacts live, one folder per stage (relative to the pipeline file).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Values for `${name}` interpolation.
+    #[serde(default)]
+    pub vars: UniqueMap<serde_yaml::Value>,
+    /// The stages, in the order written.
+    pub stages: UniqueMap<StageWire>,
+}
+
+/// One stage as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageWire {
+    /// A built-in kind (`shard`) or a template file (`stages/edm-adm-64.yaml`).
+    pub uses: String,
+    /// Upstream stages.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// Parameters, deep-merged over the template's.
+    #[serde(default)]
+    pub with: serde_yaml::Value,
+    /// Fan-out: every combination of these values becomes an instance.
+    #[serde(default)]
+    pub matrix: Option<UniqueMap<Vec<serde_yaml::Value>>>,
+    /// Instance name template for a matrix stage, e.g. `relay-{block_scale}`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Retry a failed run this many times (flaky external commands).
+    #[serde(default)]
+    pub retries: u32,
+    /// One line for `relay plan`.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A template under `stages/`: a kind plus default parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateWire {
+    pub kind: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub with: serde_yaml::Value,
+}
+
+/// An insertion-ordered map that rejects duplicate keys (serde's maps keep the last one
+/// silently, which would hide a duplicated stage name).
+#[derive(Debug, Clone)]
+pub struct UniqueMap<T>(pub IndexMap<String, T>);
+
+impl<T> Default for UniqueMap<T> {
+    fn default() -> Self {
+        Self(IndexMap::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = UniqueMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(UniqueMap::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = IndexMap::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if out.contains_key(&k) {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate name `{k}`: every name must be unique"
+                        )));
+                    }
+                    let v = m.next_value::<T>()?;
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
