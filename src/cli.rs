@@ -47,6 +47,21 @@ pub enum Command {
     Exec(ExecArgs),
     /// List the built-in stage kinds.
     Kinds,
+    /// Hand a sample stage's output to standard evaluators (ADM .npz, EDM PNG folders).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("format").required(true).multiple(true))]
+pub struct ExportArgs {
+    /// A `sample` stage's output folder (e.g. runs/quickstart/samples).
+    pub samples: PathBuf,
+    /// Write the ADM evaluator's .npz (arr_0: uint8 N x H x W x 3 in seed order; arr_1: labels).
+    #[arg(long, value_name = "FILE", group = "format")]
+    pub npz: Option<PathBuf>,
+    /// Write an EDM-style PNG tree (subfolders of 1000 images).
+    #[arg(long, value_name = "DIR", group = "format")]
+    pub png_dir: Option<PathBuf>,
 }
 
 /// The pipeline file and overrides, shared by every subcommand.
@@ -181,6 +196,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     GraphFormat::Mermaid => plan.to_mermaid(),
                 }
             );
+            Ok(0)
+        }
+        Command::Export(a) => {
+            if let Some(npz) = &a.npz {
+                let n = crate::sample::export::export_npz(&a.samples, npz)?;
+                println!("wrote {} ({n} images)", crate::util::display_path(npz));
+            }
+            if let Some(dir) = &a.png_dir {
+                let n = crate::sample::export::export_png_dir(&a.samples, dir)?;
+                println!("wrote {} ({n} images)", crate::util::display_path(dir));
+            }
             Ok(0)
         }
         Command::Kinds => {

@@ -12,7 +12,11 @@
 
 pub mod command;
 pub mod context;
+pub mod downsample;
 pub mod params;
+pub mod shard;
+pub mod source;
+pub mod sample;
 
 use std::sync::Arc;
 
@@ -74,7 +78,16 @@ pub trait StageKind: Send + Sync + 'static {
 
 /// Every built-in kind.
 pub fn builtin_kinds() -> Vec<Arc<dyn StageKind>> {
-    vec![Arc::new(command::Command)]
+    vec![
+        Arc::new(command::Command),
+        Arc::new(sample::Sample),
+        Arc::new(source::SourceFolder),
+        Arc::new(source::SourceZip),
+        Arc::new(source::SourceWebdataset),
+        Arc::new(source::SourceShapes),
+        Arc::new(shard::Shard),
+        Arc::new(downsample::Downsample),
+    ]
 }
 
 /// Find a kind by name.

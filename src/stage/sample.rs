@@ -1,0 +1,189 @@
+//! `sample`: seeds → images with a chain of trained stages → tar shards, `manifest.parquet`
+//! and `preview.png`. Resumable shard by shard; `relay exec ... --shard I/N` runs every
+//! N-th shard from I (cluster workers), and a final run merges.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{parse_params, Outcome, ParamError, Params, PlanContext, Resources, StageContext, StageKind};
+use crate::diffusion::blur_sampler::BlurSamplerConfig;
+use crate::diffusion::edm_sampler::EdmSamplerConfig;
+use crate::sample::chain::{model_dirs, Chain, ChainStage, LabelMode, ModelCard};
+use crate::sample::job::{merge, plan_shards, run_shard, shard_done, RowContext};
+use crate::sample::seeds::Seeds;
+
+pub struct Sample;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleParams {
+    /// `0-49999`, `0-9,20`, or a list.
+    seeds: Seeds,
+    /// Optional cross-check: the number of seeds.
+    #[serde(default)]
+    count: Option<usize>,
+    /// `balanced` (seed mod classes), `random` (from the seed's stream) or `{fixed: K}`.
+    #[serde(default)]
+    labels: LabelMode,
+    #[serde(default = "default_per_shard")]
+    samples_per_shard: usize,
+    /// Images per network batch (does not change any image).
+    #[serde(default = "default_batch")]
+    batch: usize,
+    /// Model folders (relative to the pipeline); default: the `train` stages in `needs:`.
+    #[serde(default)]
+    models: Vec<String>,
+    /// Sampler settings per stage, by model name (or position `0`, `1`, ...).
+    #[serde(default)]
+    stages: BTreeMap<String, serde_yaml::Value>,
+    /// Images in `preview.png`.
+    #[serde(default = "default_preview")]
+    preview: usize,
+}
+
+fn default_per_shard() -> usize {
+    1000
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_preview() -> usize {
+    64
+}
+
+fn to_json(v: &serde_yaml::Value) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+impl StageKind for Sample {
+    fn name(&self) -> &'static str {
+        "sample"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "generate images for a seed range with the trained stages: tar shards + manifest.parquet"
+    }
+    fn check(&self, with: &Params) -> Result<(), ParamError> {
+        let p: SampleParams = parse_params(with)?;
+        if let Some(c) = p.count {
+            if c != p.seeds.len() {
+                return Err(ParamError::new("count", format!("count is {c} but `seeds` has {} seeds", p.seeds.len())));
+            }
+        }
+        if p.samples_per_shard == 0 || p.batch == 0 {
+            return Err(ParamError::new("batch", "`batch` and `samples_per_shard` must be at least 1"));
+        }
+        for (name, v) in &p.stages {
+            let j = to_json(v);
+            let edm = serde_json::from_value::<EdmSamplerConfig>(j.clone());
+            let blur = serde_json::from_value::<BlurSamplerConfig>(j);
+            if let (Err(a), Err(b)) = (edm, blur) {
+                return Err(ParamError::new(
+                    format!("stages.{name}"),
+                    format!("not valid sampler settings (as an EDM stage: {a}; as a relay stage: {b})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn resumable(&self) -> bool {
+        true
+    }
+    fn resources(&self, _with: &Params) -> Resources {
+        Resources { gpu: true }
+    }
+    fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<Value> {
+        // Explicit model folders are outside the pipeline: their content is fingerprinted.
+        let p: SampleParams = parse_params(with)?;
+        let mut models = serde_json::Map::new();
+        for m in &p.models {
+            let dir = cx.pipeline_dir.join(m);
+            let digest = crate::exec::fresh::digest_path(&dir)
+                .with_context(|| format!("model folder `{m}` ({}) cannot be read", dir.display()))?;
+            models.insert(m.clone(), Value::String(digest));
+        }
+        Ok(serde_json::json!({ "models": models }))
+    }
+    fn run(&self, cx: &StageContext) -> anyhow::Result<super::Outcome> {
+        let p: SampleParams = parse_params(&cx.params)?;
+        let device = cx.device.device()?;
+        // The chain, in resolution order.
+        let dirs = model_dirs(&p.models, &cx.pipeline_dir, &cx.inputs);
+        if dirs.is_empty() {
+            bail!("no models: list the train stages under `needs:` or give `models:` folders");
+        }
+        let mut cards = Vec::new();
+        for (name, dir) in dirs {
+            let card = ModelCard::load(&dir).with_context(|| format!("model `{name}`"))?;
+            cards.push((card.resolution, name, dir));
+        }
+        cards.sort_by_key(|c| c.0);
+        let mut stages = Vec::new();
+        for (pos, (_, name, dir)) in cards.iter().enumerate() {
+            let overrides = p
+                .stages
+                .get(name)
+                .or_else(|| p.stages.get(&pos.to_string()))
+                .map(to_json)
+                .unwrap_or(Value::Null);
+            stages.push(ChainStage::load(name, dir, pos, &overrides, &device).with_context(|| format!("loading model `{name}`"))?);
+        }
+        for k in p.stages.keys() {
+            let known = cards.iter().enumerate().any(|(i, c)| &c.1 == k || &i.to_string() == k);
+            if !known {
+                let names: Vec<&str> = cards.iter().map(|c| c.1.as_str()).collect();
+                bail!("`stages.{k}`: there is no model `{k}` (models: {})", names.join(", "));
+            }
+        }
+        let chain = Chain::new(stages)?;
+        cx.progress.log(format!(
+            "chain: {} ({}px), {} seeds, labels {}",
+            chain.stages.iter().map(|s| format!("{} {}px", s.name, s.resolution)).collect::<Vec<_>>().join(" -> "),
+            chain.resolution(),
+            p.seeds.len(),
+            if chain.label_dim() > 0 { p.labels.word() } else { "none (unconditional)".into() }
+        ));
+
+        let plans = plan_shards(&p.seeds.0, p.samples_per_shard);
+        let mine: Vec<_> = plans
+            .iter()
+            .filter(|s| cx.shard.is_none_or(|sh| s.index % sh.count == sh.index))
+            .collect();
+        let todo: Vec<_> = mine.iter().filter(|s| !shard_done(&cx.out, s)).collect();
+        let total: usize = mine.iter().map(|s| s.seeds.len()).sum();
+        let left: usize = todo.iter().map(|s| s.seeds.len()).sum();
+        cx.progress.start(Some(total as u64), "images");
+        cx.progress.set_position((total - left) as u64);
+        if left < total {
+            cx.progress.log(format!("resuming: {} of {} shards already done", mine.len() - todo.len(), mine.len()));
+        }
+        let rows = RowContext {
+            label_mode: p.labels,
+            checkpoints: serde_json::to_string(
+                &chain.stages.iter().map(|s| serde_json::json!({"stage": s.name, "path": s.checkpoint.path, "sha256": s.checkpoint.sha256})).collect::<Vec<_>>(),
+            )?,
+            sampler: serde_json::to_string(&chain.stages.iter().map(|s| serde_json::json!({"stage": s.name, "settings": s.sampler})).collect::<Vec<_>>())?,
+            device: cx.device.describe(),
+            worker: cx.shard.map(|s| format!("{}/{}", s.index, s.count)).unwrap_or_else(|| "0/1".into()),
+        };
+        for plan in todo {
+            cx.progress.message(format!("shard {}", plan.index));
+            run_shard(&chain, plan, &cx.out, p.batch, &rows, &device, &cx.cancel, |n| cx.progress.inc(n as u64))?;
+        }
+        let mut info = serde_json::Map::new();
+        info.insert("seeds".into(), Value::from(p.seeds.len()));
+        if cx.shard.is_some() {
+            // A worker only makes its shards; a run without --shard merges.
+            return Ok(Outcome { images: Some(left as u64), info, partial: true });
+        }
+        let summary = merge(&cx.out, &plans, p.preview)?;
+        cx.progress.log(format!("manifest: {} rows in {} shards", summary.rows, summary.shards));
+        info.insert("shards".into(), Value::from(summary.shards));
+        Ok(Outcome { images: Some(summary.rows), info, partial: false })
+    }
+}
