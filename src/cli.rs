@@ -45,6 +45,8 @@ pub enum Command {
     Validate(PipelineArgs),
     /// Run one stage whose inputs are already present (what a cluster worker runs).
     Exec(ExecArgs),
+    /// Cancel the pipeline's Slurm jobs that are still queued or running (scancel).
+    Cancel(PipelineArgs),
     /// List the built-in stage kinds.
     Kinds,
     /// Hand a sample stage's output to standard evaluators (ADM .npz, EDM PNG folders).
@@ -112,6 +114,19 @@ pub struct RunArgs {
     /// How many stages may run at once (default: the number of CPU cores, at least 2).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Where stages run: `local` (this machine) or `slurm` (one sbatch job per stage,
+    /// sampling as job arrays). Default: the pipeline's `executor:`, else local.
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<ExecutorKind>,
+    /// With `--executor slurm`: wait until the submitted jobs end, then report their states.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Args)]
@@ -227,8 +242,26 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print_plan(&report);
             Ok(0)
         }
+        Command::Cancel(a) => {
+            let plan = load_plan(&a)?;
+            crate::exec::slurm::require_slurm()?;
+            let ids = crate::exec::slurm::cancel_all(&plan.spec.workdir)?;
+            if ids.is_empty() {
+                println!("no queued or running Slurm jobs for this pipeline");
+            } else {
+                println!("cancelled {} job(s): {}", ids.len(), ids.join(" "));
+            }
+            Ok(0)
+        }
         Command::Run(a) => {
             let plan = load_plan(&a.pipeline)?;
+            let slurm = match a.executor {
+                Some(e) => e == ExecutorKind::Slurm,
+                None => plan.spec.executor.as_deref() == Some("slurm"),
+            };
+            if slurm {
+                return run_slurm(plan, &a);
+            }
             let opts = run_options(&a.select, a.dry_run, a.device, a.jobs, a.keep_going, None);
             let dry = opts.dry_run;
             let report = execute(plan, opts)?;
@@ -264,6 +297,71 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit_code(&report))
         }
     }
+}
+
+/// `relay run --executor slurm`: submit what must run as sbatch jobs.
+fn run_slurm(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
+    use crate::exec::slurm::{self, Invocation, SlurmPlan};
+    if !a.dry_run {
+        slurm::require_slurm()?;
+    }
+    let opts = run_options(&a.select, true, a.device, a.jobs, false, None);
+    let report = execute(plan.clone(), opts)?;
+    let inv = Invocation {
+        exe: std::env::current_exe()?,
+        pipeline: plan.spec.file.clone(),
+        overrides: a.pipeline.set.iter().map(|o| o.text.clone()).collect(),
+        workdir: plan.spec.workdir.clone(),
+        cwd: std::env::current_dir()?,
+    };
+    let max_array = if a.dry_run { 1001 } else { slurm::max_array_size() };
+    let sp = SlurmPlan::new(&plan, &report, &inv, max_array)?;
+    if sp.jobs.is_empty() {
+        print_plan(&report);
+        println!("nothing to submit: every stage is up to date");
+        return Ok(0);
+    }
+    if a.dry_run {
+        for j in &sp.jobs {
+            let after = if j.after.is_empty() { String::new() } else { format!(" (after {})", j.after.join(", ")) };
+            println!("# ---- {} ({}){after}: {}", j.stage, j.role, crate::util::display_path(&j.script));
+            println!("{}", j.text);
+        }
+        return Ok(0);
+    }
+    sp.write_scripts()?;
+    let submitted = sp.submit(&plan.spec.workdir)?;
+    let w = submitted.iter().map(|s| s.0.len()).max().unwrap_or(5).max(5);
+    println!("{:<w$}  {:<15} job", "stage", "role");
+    for (stage, role, id) in &submitted {
+        println!("{stage:<w$}  {role:<15} {id}");
+    }
+    if !a.wait {
+        println!("submitted; `relay status` shows their states, `relay cancel` stops them");
+        return Ok(0);
+    }
+    let ids: Vec<String> = submitted.iter().map(|s| s.2.clone()).collect();
+    slurm::wait(&ids, &crate::stage::Cancel::new())?;
+    let mut failed = false;
+    for (stage, role, id) in &submitted {
+        let states = slurm::job_states(id);
+        let bad = states.iter().any(|s| s != "COMPLETED");
+        failed |= bad;
+        println!("{stage:<w$}  {role:<15} {id}  {}", summarize_states(&states));
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `COMPLETED x4` style summary of job states.
+fn summarize_states(states: &[String]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for s in states {
+        match counts.iter_mut().find(|c| &c.0 == s) {
+            Some(c) => c.1 += 1,
+            None => counts.push((s.clone(), 1)),
+        }
+    }
+    counts.iter().map(|(s, n)| if *n > 1 { format!("{s} x{n}") } else { s.clone() }).collect::<Vec<_>>().join(", ")
 }
 
 fn run_options(
@@ -383,6 +481,7 @@ fn print_summary(r: &RunReport) {
 
 fn print_status(plan: &Plan) {
     let records = crate::exec::record::read_all(&plan.spec.workdir);
+    let jobs = crate::exec::slurm::JobsFile::load(&plan.spec.workdir);
     let w = plan
         .nodes
         .iter()
@@ -410,6 +509,13 @@ fn print_status(plan: &Plan) {
                     .unwrap_or_default()
             ),
             None => println!("{:<w$}  {:<10}", name, "never"),
+        }
+        if let Some(js) = jobs.stages.get(name) {
+            for j in js {
+                let states = crate::exec::slurm::job_states(&j.id);
+                let states = if states.is_empty() { "unknown to Slurm now".to_string() } else { summarize_states(&states) };
+                println!("{:<w$}    slurm job {} ({}) submitted {}: {}", "", j.id, j.role, j.submitted, states);
+            }
         }
     }
 }

@@ -69,12 +69,14 @@ pub enum Classes {
 impl Descriptor {
     /// Read and check a descriptor file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(DataError::io("read dataset descriptor", path))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(DataError::io("read dataset descriptor", path))?;
         let d: Descriptor = serde_yaml::from_str(&text).map_err(|e| {
             DataError::Invalid(format!("dataset descriptor `{}`: {e}", path.display()))
         })?;
-        d.class_names()
-            .map_err(|m| DataError::Invalid(format!("dataset descriptor `{}`: {m}", path.display())))?;
+        d.class_names().map_err(|m| {
+            DataError::Invalid(format!("dataset descriptor `{}`: {m}", path.display()))
+        })?;
         Ok(d)
     }
 
@@ -165,7 +167,10 @@ mod tests {
         assert_eq!(names[999], "n15075141");
         let mut sorted = names.clone();
         sorted.sort();
-        assert_eq!(sorted, names, "ImageNet's standard order is the sorted synset order");
+        assert_eq!(
+            sorted, names,
+            "ImageNet's standard order is the sorted synset order"
+        );
         assert_eq!(d.expected.images, Some(1_281_167));
         let (_, e) = Descriptor::find(root, "example").unwrap();
         assert_eq!(e.class_names().unwrap(), ["cat", "dog"]);

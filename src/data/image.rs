@@ -21,9 +21,7 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Whether a file name has one of [`IMAGE_EXTENSIONS`] (case-insensitive).
 pub fn has_image_extension(name: &str) -> bool {
     match name.rsplit_once('.') {
-        Some((_, ext)) => IMAGE_EXTENSIONS
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(ext)),
+        Some((_, ext)) => IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)),
         None => false,
     }
 }
@@ -114,12 +112,17 @@ mod tests {
         let rgba = RgbaImage::from_pixel(4, 4, Rgba([10, 20, 30, 0]));
         let bytes = encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png);
         // Alpha is dropped, like PIL's convert('RGB').
-        assert_eq!(decode_rgb(&bytes, "a.png").unwrap().get_pixel(0, 0).0, [10, 20, 30]);
+        assert_eq!(
+            decode_rgb(&bytes, "a.png").unwrap().get_pixel(0, 0).0,
+            [10, 20, 30]
+        );
     }
 
     #[test]
     fn jpeg_decodes() {
-        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 128]));
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 128])
+        });
         let bytes = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
         let out = decode_rgb(&bytes, "p.jpg").unwrap();
         assert_eq!(out.dimensions(), (64, 48));

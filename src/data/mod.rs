@@ -4,19 +4,19 @@
 //! Plain functions and structs; no stage context, no tokio. Progress and cancellation
 //! come in through a [`Monitor`]. The pieces, bottom up:
 //!
-//! * [`image`]: decode JPEG/PNG/WebP to RGB, deterministic PNG encode, sha256.
-//! * [`resample`]: Pillow's separable resampler (box, bicubic, Lanczos, bit-exact) and
+//! * [`image`] — decode JPEG/PNG/WebP to RGB, deterministic PNG encode, sha256.
+//! * [`resample`] — Pillow's separable resampler (box, bicubic, Lanczos, bit-exact) and
 //!   the exact integer box (patch-mean) downsampling used for relay pairs.
-//! * [`transform`]: `center-crop` (EDM), `center-crop-adm` (ADM), `center-crop-wide`, none.
-//! * [`shapes`]: the synthetic, seeded dataset of coloured shapes.
-//! * [`tar`]: a byte-reproducible tar shard writer and a member index for reading.
-//! * [`wds`]: reading shards through the `webdataset` crate.
-//! * [`descriptor`]: `datasets/*.yaml`.
-//! * [`source`]: what a source stage found (`source.json` + `index.parquet`) and how to
+//! * [`transform`] — `center-crop` (EDM), `center-crop-adm` (ADM), `center-crop-wide`, none.
+//! * [`shapes`] — the synthetic, seeded dataset of coloured shapes.
+//! * [`tar`] — a byte-reproducible tar shard writer and a member index for reading.
+//! * [`wds`] — reading shards through the `webdataset` crate.
+//! * [`descriptor`] — `datasets/*.yaml`.
+//! * [`source`] — what a source stage found (`source.json` + `index.parquet`) and how to
 //!   fetch one item's bytes from it: the hand-off between a source and `shard`.
-//! * [`prep`]: source → shuffled, resumable WebDataset shards + manifests (`shard`).
-//! * [`pairs`]: shards → paired multi-resolution shards (`downsample`).
-//! * [`bench`]: the `relay bench prep` benchmark.
+//! * [`prep`] — source → shuffled, resumable WebDataset shards + manifests (`shard`).
+//! * [`pairs`] — shards → paired multi-resolution shards (`downsample`).
+//! * [`bench`] — the `relay bench prep` benchmark.
 //!
 //! `data` writes its manifests through [`crate::manifest`]; it never imports model code.
 

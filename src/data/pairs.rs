@@ -107,7 +107,9 @@ fn make(s: &ShardSample, shard: &str, opts: &PairsOptions) -> std::result::Resul
     })?;
     let (w, h) = img.dimensions();
     if w != h {
-        return Err(format!("the image is {w}x{h}; downsample needs square images"));
+        return Err(format!(
+            "the image is {w}x{h}; downsample needs square images"
+        ));
     }
     let mut order: Vec<u32> = opts.resolutions.clone();
     order.sort_unstable_by(|a, b| b.cmp(a));
@@ -126,7 +128,7 @@ fn make(s: &ShardSample, shard: &str, opts: &PairsOptions) -> std::result::Resul
             let level = match opts.filter {
                 Filter::Box => {
                     let above = current.as_ref().unwrap_or(&img);
-                    if above.width() % r != 0 {
+                    if !above.width().is_multiple_of(r) {
                         return Err(format!(
                             "the image is {w}x{w}; the box filter needs it to be a multiple of {r}"
                         ));
@@ -145,7 +147,10 @@ fn make(s: &ShardSample, shard: &str, opts: &PairsOptions) -> std::result::Resul
         .resolutions
         .iter()
         .map(|r| {
-            let i = made.iter().position(|(m, _)| m == r).expect("made every level");
+            let i = made
+                .iter()
+                .position(|(m, _)| m == r)
+                .expect("made every level");
             (*r, std::mem::take(&mut made[i].1))
         })
         .collect();
@@ -207,11 +212,18 @@ pub fn write_pairs(
         summary.samples + summary.rejects,
     );
     if !records.is_empty() {
-        mon.note(&format!("resuming after {} committed shard(s)", records.len()));
+        mon.note(&format!(
+            "resuming after {} committed shard(s)",
+            records.len()
+        ));
     }
 
     for (index, shard) in shards.iter().enumerate().skip(records.len()) {
-        let name = shard.file_name().expect("a file").to_string_lossy().into_owned();
+        let name = shard
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
         let mut writer = ShardWriter::create(&out.join(&name))?;
         let mut rows = Vec::new();
         let mut rejects = Vec::new();
@@ -221,12 +233,8 @@ pub fn write_pairs(
                 return Err(DataError::Cancelled);
             }
             let chunk: Vec<ShardSample> = samples.by_ref().take(batch).collect::<Result<_>>()?;
-            let made: Vec<_> = pool.install(|| {
-                chunk
-                    .par_iter()
-                    .map(|s| make(s, &name, opts))
-                    .collect()
-            });
+            let made: Vec<_> =
+                pool.install(|| chunk.par_iter().map(|s| make(s, &name, opts)).collect());
             for (s, m) in chunk.iter().zip(made) {
                 let m = match m {
                     Ok(m) => m,

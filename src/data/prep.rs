@@ -120,7 +120,10 @@ pub(crate) fn commit_part(
         w.push(r)?;
     }
     w.finish()?;
-    let mut w = TableWriter::create(&parts.join(format!("{name}.rejects.parquet")), rejects_schema())?;
+    let mut w = TableWriter::create(
+        &parts.join(format!("{name}.rejects.parquet")),
+        rejects_schema(),
+    )?;
     for r in rejects {
         w.push(r)?;
     }
@@ -137,7 +140,10 @@ pub(crate) fn finish_parts(
 ) -> Result<(u64, u64)> {
     let parts = out.join(PARTS_DIR);
     let names: Vec<String> = (0..records).map(part_name).collect();
-    let rows: Vec<PathBuf> = names.iter().map(|n| parts.join(format!("{n}.parquet"))).collect();
+    let rows: Vec<PathBuf> = names
+        .iter()
+        .map(|n| parts.join(format!("{n}.parquet")))
+        .collect();
     let rejects: Vec<PathBuf> = names
         .iter()
         .map(|n| parts.join(format!("{n}.rejects.parquet")))
@@ -226,7 +232,9 @@ pub fn write_shards(
 ) -> Result<ShardSummary> {
     let started = Instant::now();
     if opts.samples_per_shard == 0 {
-        return Err(DataError::Invalid("`samples_per_shard` must be at least 1".into()));
+        return Err(DataError::Invalid(
+            "`samples_per_shard` must be at least 1".into(),
+        ));
     }
     let n = source.len();
     if n == 0 {
@@ -295,7 +303,14 @@ pub fn write_shards(
         summary.samples += record.samples;
         summary.rejects += record.rejects;
         summary.bytes += bytes;
-        commit_part(&parts, part_index, data_schema(), rows, std::mem::take(rejects), &record)?;
+        commit_part(
+            &parts,
+            part_index,
+            data_schema(),
+            rows,
+            std::mem::take(rejects),
+            &record,
+        )?;
         part_index += 1;
         *part_first = next;
         Ok(())
@@ -330,7 +345,11 @@ pub fn write_shards(
             };
             let size = member_size(sample.png.len())
                 + member_size(sample.json.len())
-                + if source.label(i).is_some() { member_size(20) } else { 0 };
+                + if source.label(i).is_some() {
+                    member_size(20)
+                } else {
+                    0
+                };
             let full = open.as_ref().is_some_and(|o| {
                 opts.max_shard_bytes
                     .is_some_and(|max| o.writer.samples() > 0 && o.writer.bytes() + size > max)
@@ -370,7 +389,13 @@ pub fn write_shards(
                 sample.height.into(),
             ]);
             if o.writer.samples() >= opts.samples_per_shard {
-                commit(open.take(), &mut rejects, &mut part_first, p + 1, &mut summary)?;
+                commit(
+                    open.take(),
+                    &mut rejects,
+                    &mut part_first,
+                    p + 1,
+                    &mut summary,
+                )?;
             }
         }
         mon.advance(end - pos);
@@ -379,7 +404,6 @@ pub fn write_shards(
     if open.is_some() || !rejects.is_empty() {
         commit(open.take(), &mut rejects, &mut part_first, n, &mut summary)?;
     }
-    drop(commit);
 
     let (samples, rejected) = finish_parts(out, data_schema(), part_index)?;
     debug_assert_eq!((samples, rejected), (summary.samples, summary.rejects));

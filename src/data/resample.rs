@@ -114,8 +114,8 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
             *wx = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
             ww += *wx;
         }
-        for x in 0..n {
-            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
+        for (x, &wx) in w.iter().enumerate().take(n) {
+            let v = if ww != 0.0 { wx / ww } else { wx };
             let fixed = v * (1u32 << PRECISION_BITS) as f64;
             c.k[xx * ksize + x] = if v < 0.0 {
                 (-0.5 + fixed) as i32

@@ -64,9 +64,19 @@ fn scene(seed: u64, index: u64, classes: usize) -> Scene {
     // Background: low saturation, hue away from the shape's, darker or lighter.
     let bg_hue = fg_hue + rng.range(0.25, 0.75);
     let dark = rng.next_f64() < 0.5;
-    let v = |r: &mut SplitMix64| if dark { r.range(0.1, 0.4) } else { r.range(0.45, 0.75) };
+    let v = |r: &mut SplitMix64| {
+        if dark {
+            r.range(0.1, 0.4)
+        } else {
+            r.range(0.45, 0.75)
+        }
+    };
     let bg0 = hsv(bg_hue, rng.range(0.1, 0.5), v(&mut rng));
-    let bg1 = hsv(bg_hue + rng.range(-0.1, 0.1), rng.range(0.1, 0.5), v(&mut rng));
+    let bg1 = hsv(
+        bg_hue + rng.range(-0.1, 0.1),
+        rng.range(0.1, 0.5),
+        v(&mut rng),
+    );
     let theta = rng.range(0.0, std::f64::consts::TAU);
     Scene {
         class,
@@ -173,7 +183,11 @@ fn sdf(class: usize, x: f32, y: f32, r: f32) -> f32 {
 /// Render image `index` of the dataset `(seed, classes)` at `side × side`.
 /// Returns the image and its class.
 pub fn render(seed: u64, index: u64, classes: usize, side: u32) -> (RgbImage, usize) {
-    assert!((1..=SHAPES.len()).contains(&classes), "1..={} classes", SHAPES.len());
+    assert!(
+        (1..=SHAPES.len()).contains(&classes),
+        "1..={} classes",
+        SHAPES.len()
+    );
     let s = scene(seed, index, classes);
     let (sin, cos) = s.angle.sin_cos();
     let px = 1.0 / side as f32;
@@ -193,11 +207,11 @@ pub fn render(seed: u64, index: u64, classes: usize, side: u32) -> (RgbImage, us
         // the shape is lit from one side: a gentle gradient across it
         let shade = 1.0 - s.fg_shade * (0.5 + 0.5 * qy / s.radius).clamp(0.0, 1.0);
         let mut out = [0u8; 3];
-        for c in 0..3 {
+        for (c, o) in out.iter_mut().enumerate() {
             let bg = s.bg0[c] + (s.bg1[c] - s.bg0[c]) * t + wave;
             let fg = s.fg[c] * shade;
             let val = bg + (fg - bg) * cover;
-            out[c] = (val.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
+            *o = (val.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
         }
         Rgb(out)
     });
@@ -234,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_class_draws_a_shape_of_plausible_area() {
-        for class in 0..SHAPES.len() {
+        for (class, name) in SHAPES.iter().enumerate() {
             let (img, _) = render(3, class as u64, SHAPES.len(), 128);
             let s = scene(3, class as u64, SHAPES.len());
             // count pixels close to the shape colour at full shade range
@@ -249,7 +263,10 @@ mod tests {
                 .count() as f32;
             let disc = std::f32::consts::PI * (s.radius * 128.0).powi(2);
             let frac = inside / disc;
-            assert!((0.1..1.3).contains(&frac), "{} covers {frac} of its disc", SHAPES[class]);
+            assert!(
+                (0.1..1.3).contains(&frac),
+                "{name} covers {frac} of its disc"
+            );
             assert_eq!(img.dimensions(), (128, 128));
         }
     }

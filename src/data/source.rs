@@ -113,17 +113,23 @@ fn top_folder(rel: &str) -> Option<&str> {
     rel.split_once('/').map(|(top, _)| top)
 }
 
+/// A name with its label.
+type Labelled = (String, Option<i64>);
+
 /// Assign labels from top-level folders (or a descriptor's class ids).
 fn label_by_folder(
     names: Vec<String>,
     mode: LabelMode,
     descriptor: Option<&Descriptor>,
     what: &str,
-) -> Result<(Vec<(String, Option<i64>)>, Option<Vec<String>>)> {
+) -> Result<(Vec<Labelled>, Option<Vec<String>>)> {
     if let Some(d) = descriptor {
         let classes = d.class_names().map_err(DataError::Invalid)?;
-        let index: HashMap<&str, i64> =
-            classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as i64)).collect();
+        let index: HashMap<&str, i64> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as i64))
+            .collect();
         let mut unknown = BTreeSet::new();
         let mut out = Vec::with_capacity(names.len());
         for n in names {
@@ -167,8 +173,11 @@ fn label_by_folder(
         return Ok((names.into_iter().map(|n| (n, None)).collect(), None));
     }
     let classes: Vec<String> = tops.iter().map(|s| s.to_string()).collect();
-    let index: HashMap<String, i64> =
-        classes.iter().enumerate().map(|(i, c)| (c.clone(), i as i64)).collect();
+    let index: HashMap<String, i64> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), i as i64))
+        .collect();
     let out = names
         .into_iter()
         .map(|n| {
@@ -256,7 +265,10 @@ struct EdmLabels {
 pub fn list_zip(path: &Path, mode: LabelMode, descriptor: Option<&Descriptor>) -> Result<Listing> {
     let file = File::open(path).map_err(DataError::io("open zip", path))?;
     let bad = |e: zip::result::ZipError| {
-        DataError::Invalid(format!("`{}` is not a readable zip file: {e}", path.display()))
+        DataError::Invalid(format!(
+            "`{}` is not a readable zip file: {e}",
+            path.display()
+        ))
     };
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(bad)?;
     let mut entries: Vec<(String, u64)> = Vec::new();
@@ -560,7 +572,9 @@ impl Source {
         match self.info.kind {
             SourceKind::Shapes => {
                 let s = self.info.shapes.expect("shapes spec");
-                Ok(Fetched::Pixels(shapes::render(s.seed, i, s.classes, s.resolution).0))
+                Ok(Fetched::Pixels(
+                    shapes::render(s.seed, i, s.classes, s.resolution).0,
+                ))
             }
             SourceKind::Folder => {
                 let root = self.info.root.as_deref().expect("folder root");
@@ -573,12 +587,8 @@ impl Source {
                 let it = &self.items[i as usize];
                 let path = Path::new(&it.location);
                 let mut f = File::open(path).map_err(DataError::io("open", path))?;
-                let bytes = tar::read_member(
-                    &mut f,
-                    path,
-                    it.offset.unwrap_or(0),
-                    it.size.unwrap_or(0),
-                )?;
+                let bytes =
+                    tar::read_member(&mut f, path, it.offset.unwrap_or(0), it.size.unwrap_or(0))?;
                 Ok(Fetched::Bytes(bytes))
             }
             SourceKind::Zip => {
@@ -671,14 +681,28 @@ mod tests {
     #[test]
     fn folder_labels_follow_sorted_class_folders() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["dog/b.jpg", "cat/z.png", "cat/sub/a.webp", "dog/notes.txt", ".hidden/x.jpg"] {
+        for f in [
+            "dog/b.jpg",
+            "cat/z.png",
+            "cat/sub/a.webp",
+            "dog/notes.txt",
+            ".hidden/x.jpg",
+        ] {
             touch(dir.path(), f);
         }
         let l = list_folder(dir.path(), LabelMode::Auto, None).unwrap();
-        let got: Vec<_> = l.items.iter().map(|i| (i.location.as_str(), i.label)).collect();
+        let got: Vec<_> = l
+            .items
+            .iter()
+            .map(|i| (i.location.as_str(), i.label))
+            .collect();
         assert_eq!(
             got,
-            [("cat/sub/a.webp", Some(0)), ("cat/z.png", Some(0)), ("dog/b.jpg", Some(1))]
+            [
+                ("cat/sub/a.webp", Some(0)),
+                ("cat/z.png", Some(0)),
+                ("dog/b.jpg", Some(1))
+            ]
         );
         assert_eq!(l.classes.unwrap(), ["cat", "dog"]);
         assert_eq!(l.ignored, 1);
@@ -700,7 +724,11 @@ mod tests {
         touch(dir.path(), "cat/1.jpg");
         let d: Descriptor = serde_yaml::from_str("name: pets\nclasses: {dog: 0, cat: 1}").unwrap();
         let l = list_folder(dir.path(), LabelMode::Auto, Some(&d)).unwrap();
-        let got: Vec<_> = l.items.iter().map(|i| (i.location.as_str(), i.label)).collect();
+        let got: Vec<_> = l
+            .items
+            .iter()
+            .map(|i| (i.location.as_str(), i.label))
+            .collect();
         assert_eq!(got, [("cat/1.jpg", Some(1)), ("dog/1.jpg", Some(0))]);
         touch(dir.path(), "bird/1.jpg");
         let e = list_folder(dir.path(), LabelMode::Auto, Some(&d)).unwrap_err();

@@ -48,7 +48,10 @@ fn octal(field: &mut [u8], value: u64) {
     // `len - 1` octal digits, zero padded, then NUL.
     let digits = field.len() - 1;
     let s = format!("{value:0digits$o}");
-    assert!(s.len() == digits, "{value} does not fit a {digits}-digit tar field");
+    assert!(
+        s.len() == digits,
+        "{value} does not fit a {digits}-digit tar field"
+    );
     field[..digits].copy_from_slice(s.as_bytes());
     field[digits] = 0;
 }
@@ -241,7 +244,8 @@ pub fn index_members(path: &Path) -> Result<Vec<Member>> {
         match kind {
             b'L' | b'x' => {
                 let mut buf = vec![0u8; padded as usize];
-                r.read_exact(&mut buf).map_err(DataError::io("read", path))?;
+                r.read_exact(&mut buf)
+                    .map_err(DataError::io("read", path))?;
                 pos += padded;
                 let buf = &buf[..size as usize];
                 long_name = if kind == b'L' {
@@ -302,8 +306,10 @@ mod tests {
         let write = |name: &str| {
             let path = dir.path().join(name);
             let mut w = ShardWriter::create(&path).unwrap();
-            w.write_sample("00000001", &[("png", b"abc"), ("cls", b"3")]).unwrap();
-            w.write_sample("00000002", &[("256.png", &[7u8; 600][..])]).unwrap();
+            w.write_sample("00000001", &[("png", b"abc"), ("cls", b"3")])
+                .unwrap();
+            w.write_sample("00000002", &[("256.png", &[7u8; 600][..])])
+                .unwrap();
             assert_eq!(w.bytes(), 2 * 1024 + 512 + 1024);
             assert!(dir.path().join(format!("{name}.tmp")).exists());
             w.finish().unwrap();

@@ -10,7 +10,8 @@ use super::{DataError, Result};
 
 /// Expand `data-{000000..000099}.tar` (and `a.tar::b.tar` lists) into paths, in order.
 pub fn expand(pattern: &str) -> Result<Vec<String>> {
-    webdataset::core::expand_urls(pattern).map_err(|e| DataError::Invalid(format!("shard pattern `{pattern}`: {e}")))
+    webdataset::core::expand_urls(pattern)
+        .map_err(|e| DataError::Invalid(format!("shard pattern `{pattern}`: {e}")))
 }
 
 /// One sample of a shard: its key and its data fields (`png`, `256.png`, `cls`, ...), in
@@ -69,8 +70,11 @@ mod tests {
             let mut w = ShardWriter::create(&dir.path().join(format!("d-{s:06}.tar"))).unwrap();
             for i in 0..3 {
                 let key = format!("{:08}", s * 10 + i);
-                w.write_sample(&key, &[("256.png", b"hi"), ("64.png", b"lo"), ("cls", b"4")])
-                    .unwrap();
+                w.write_sample(
+                    &key,
+                    &[("256.png", b"hi"), ("64.png", b"lo"), ("cls", b"4")],
+                )
+                .unwrap();
             }
             w.finish().unwrap();
         }
@@ -86,6 +90,6 @@ mod tests {
         let names: Vec<_> = samples[0].fields.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["256.png", "64.png", "cls"]);
         assert_eq!(samples[2].label(), Some(4));
-        assert_eq!(&samples[1].get("64.png").unwrap()[..], b"lo");
+        assert_eq!(samples[1].get("64.png").unwrap(), b"lo");
     }
 }

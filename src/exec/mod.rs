@@ -14,6 +14,7 @@
 pub mod fresh;
 pub mod progress;
 pub mod record;
+pub mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -341,6 +342,9 @@ impl Executor {
                     let what = match self.fingerprint_inputs(i, &states) {
                         Ok(w) => w,
                         Err(e) => {
+                            // Say why, as for a stage that fails while running (e.g. an
+                            // `hf://` checkpoint that cannot be resolved).
+                            self.ui.println(&format!("error: {e:#}"));
                             status[i] = Status::Failed(format!("{e:#}"));
                             failed = true;
                             continue;
@@ -442,7 +446,7 @@ impl Executor {
 
         // Pin what is good in relay.lock.
         if !self.opts.dry_run && self.opts.shard.is_none() {
-            let good: Vec<(String, String, String, String)> = plan
+            let good: Vec<record::LockEntry> = plan
                 .order
                 .iter()
                 .filter_map(|&i| {
@@ -452,6 +456,7 @@ impl Executor {
                         plan.nodes[i].kind.name().to_string(),
                         s.record.fingerprint.clone(),
                         s.record.output.as_ref()?.digest.clone(),
+                        s.record.info.get("lock").cloned(),
                     ))
                 })
                 .collect();

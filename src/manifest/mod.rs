@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, UInt32Array, UInt32Builder,
-    UInt64Array, UInt64Builder,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, UInt32Array, UInt32Builder, UInt64Array,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -205,13 +205,14 @@ impl TableWriter {
             path: tmp.clone(),
             source,
         })?;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_props())).map_err(
-            |source| ManifestError::Parquet {
-                op: "create",
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        let writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(writer_props())).map_err(|source| {
+                ManifestError::Parquet {
+                    op: "create",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -326,7 +327,11 @@ fn build_batch(schema: &SchemaRef, rows: &[Vec<Cell>]) -> Result<BatchResult, St
                 "row {row}: column `{}` ({}{}) cannot hold {cell:?}",
                 field.name(),
                 field.data_type(),
-                if field.is_nullable() { ", nullable" } else { "" }
+                if field.is_nullable() {
+                    ", nullable"
+                } else {
+                    ""
+                }
             )
         };
         macro_rules! column {
@@ -389,7 +394,10 @@ impl RowReader {
         };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
         let schema = builder.schema().clone();
-        let batches = builder.with_batch_size(BATCH_ROWS).build().map_err(parquet)?;
+        let batches = builder
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(parquet)?;
         Ok(Self {
             path: path.to_path_buf(),
             schema,
@@ -405,7 +413,11 @@ impl RowReader {
 
     /// The column names, in order.
     pub fn columns(&self) -> Vec<String> {
-        self.schema.fields().iter().map(|f| f.name().clone()).collect()
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 }
 
@@ -540,7 +552,10 @@ mod tests {
         assert!(!dir.path().join("a.parquet.tmp").exists());
 
         let (cols, rows) = read_rows(&a).unwrap();
-        assert_eq!(cols, ["key", "shard", "label", "source", "sha256", "width", "height"]);
+        assert_eq!(
+            cols,
+            ["key", "shard", "label", "source", "sha256", "width", "height"]
+        );
         assert_eq!(rows.len(), 20_000);
         assert_eq!(rows[0], row("00000000", None));
         assert_eq!(rows[19_999], row("00019999", Some(19_999 % 7)));
@@ -568,7 +583,8 @@ mod tests {
             let path = dir.path().join(format!("p{p}.parquet"));
             let mut w = TableWriter::create(&path, rejects_schema()).unwrap();
             for i in 0..p {
-                w.push(vec![format!("{p}/{i}").into(), "bad".into()]).unwrap();
+                w.push(vec![format!("{p}/{i}").into(), "bad".into()])
+                    .unwrap();
             }
             parts.push(w.finish().unwrap());
         }

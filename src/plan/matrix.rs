@@ -84,6 +84,7 @@ mod tests {
             name_template: name_template.map(str::to_string),
             retries: 0,
             description: None,
+            resources: Default::default(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Node {
     pub needs: Vec<usize>,
     pub retries: u32,
     pub description: Option<String>,
+    /// Cluster resources (Slurm executor).
+    pub resources: crate::spec::wire::ResourcesWire,
 }
 
 impl std::fmt::Debug for Node {
@@ -117,6 +119,7 @@ impl Plan {
                     needs: Vec::new(),
                     retries: st.retries,
                     description: st.description.clone(),
+                    resources: st.resources.clone(),
                 });
                 wanted.push(st.needs.clone());
             }

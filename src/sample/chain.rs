@@ -328,22 +328,28 @@ pub fn to_images(x: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
     Ok(out)
 }
 
-/// The model folders of a sample stage: explicit `models:` (relative to the pipeline) or
-/// the upstream train stages.
-pub fn model_dirs(explicit: &[String], pipeline_dir: &Path, inputs: &[crate::stage::Input]) -> Vec<(String, PathBuf)> {
+/// The model folders of a sample stage: explicit `models:` (relative to the pipeline, or
+/// `hf://owner/name@revision/path`, downloaded through the Hub cache) or the upstream train
+/// stages. The third member is, for a Hub reference, the reference pinned to the commit it
+/// resolved to (what manifests record).
+pub fn model_dirs(
+    explicit: &[String],
+    pipeline_dir: &Path,
+    inputs: &[crate::stage::Input],
+) -> anyhow::Result<Vec<(String, PathBuf, Option<String>)>> {
     if !explicit.is_empty() {
         return explicit
             .iter()
             .map(|m| {
-                let p = Path::new(m);
-                let dir = if p.is_absolute() { p.to_path_buf() } else { pipeline_dir.join(p) };
-                (m.clone(), dir)
+                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None).with_context(|| format!("model `{m}`"))?;
+                let pinned = r.commit().map(|_| r.record());
+                Ok((m.clone(), r.path().to_path_buf(), pinned))
             })
             .collect();
     }
-    inputs
+    Ok(inputs
         .iter()
         .filter(|i| i.kind == "train")
-        .map(|i| (i.name.clone(), i.dir.clone()))
-        .collect()
+        .map(|i| (i.name.clone(), i.dir.clone(), None))
+        .collect())
 }

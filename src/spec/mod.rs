@@ -33,6 +33,8 @@ pub struct PipelineSpec {
     pub workdir: PathBuf,
     /// The file's text, for locating errors found later.
     pub source: String,
+    /// `executor:` (`local` or `slurm`).
+    pub executor: Option<String>,
     pub stages: Vec<StageSpec>,
 }
 
@@ -53,11 +55,15 @@ pub struct StageSpec {
     pub name_template: Option<String>,
     pub retries: u32,
     pub description: Option<String>,
+    /// Cluster resources: the stage's over the pipeline's defaults.
+    pub resources: wire::ResourcesWire,
 }
 
 /// `-s stage.key=value` from the command line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
+    /// As written on the command line (passed on to cluster workers).
+    pub text: String,
     pub stage: String,
     pub key: Vec<String>,
     pub value: Value,
@@ -79,6 +85,7 @@ impl std::str::FromStr for Override {
         // not valid YAML is taken as a string.
         let value = serde_yaml::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.into()));
         Ok(Self {
+            text: s.to_string(),
             stage: stage.to_string(),
             key: key.split('.').map(str::to_string).collect(),
             value,
@@ -130,6 +137,13 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErr
         None => project_root.join("runs").join(&wire.name),
     };
     let vars = wire.vars.0;
+    let default_resources = wire.resources.clone().unwrap_or_default();
+    if let Some(e) = wire.executor.as_deref().filter(|e| !["local", "slurm"].contains(e)) {
+        return Err(SpecError::new(&file, format!("unknown executor `{e}`"))
+            .at(locate::locate(&source, &["executor"]))
+            .hint("use `local` or `slurm`")
+            .into());
+    }
     let mut errors = Vec::new();
     let mut stages = Vec::new();
     for (name, st) in wire.stages.0 {
@@ -221,6 +235,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErr
                 name_template: st.name.clone(),
                 retries: st.retries,
                 description: st.description.clone(),
+                resources: st.resources.clone().unwrap_or_default().over(&default_resources),
             })
         })();
         match resolved {
@@ -264,6 +279,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErr
         project_root,
         workdir,
         source,
+        executor: wire.executor,
         stages,
     })
 }

@@ -23,6 +23,12 @@ pub struct PipelineWire {
     /// Values for `${name}` interpolation.
     #[serde(default)]
     pub vars: UniqueMap<serde_yaml::Value>,
+    /// `local` (default) or `slurm`: where stages run (`--executor` overrides it).
+    #[serde(default)]
+    pub executor: Option<String>,
+    /// Cluster resources every stage gets unless it says otherwise.
+    #[serde(default)]
+    pub resources: Option<ResourcesWire>,
     /// The stages, in the order written.
     pub stages: UniqueMap<StageWire>,
 }
@@ -45,12 +51,55 @@ pub struct StageWire {
     /// Instance name template for a matrix stage, e.g. `relay-{block_scale}`.
     #[serde(default)]
     pub name: Option<String>,
+    /// Cluster resources of this stage (over the pipeline's `resources:`).
+    #[serde(default)]
+    pub resources: Option<ResourcesWire>,
     /// Retry a failed run this many times (flaky external commands).
     #[serde(default)]
     pub retries: u32,
     /// One line for `relay plan`.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// What a stage asks of a cluster scheduler (Slurm); ignored by the local executor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesWire {
+    /// GPUs per node.
+    pub gpus: Option<u32>,
+    /// Nodes (multi-node training).
+    pub nodes: Option<u32>,
+    /// CPUs per task.
+    pub cpus: Option<u32>,
+    /// Memory per node, as Slurm writes it (`64G`).
+    pub mem: Option<String>,
+    /// Wall-time limit (`2-00:00:00`).
+    pub time: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub constraint: Option<String>,
+    /// How many array tasks of a sampling stage may run at once (`--array=...%P`).
+    pub array_parallel: Option<u32>,
+}
+
+impl ResourcesWire {
+    /// `self`'s fields where set, else `base`'s.
+    pub fn over(&self, base: &ResourcesWire) -> ResourcesWire {
+        ResourcesWire {
+            gpus: self.gpus.or(base.gpus),
+            nodes: self.nodes.or(base.nodes),
+            cpus: self.cpus.or(base.cpus),
+            mem: self.mem.clone().or_else(|| base.mem.clone()),
+            time: self.time.clone().or_else(|| base.time.clone()),
+            partition: self.partition.clone().or_else(|| base.partition.clone()),
+            account: self.account.clone().or_else(|| base.account.clone()),
+            qos: self.qos.clone().or_else(|| base.qos.clone()),
+            constraint: self.constraint.clone().or_else(|| base.constraint.clone()),
+            array_parallel: self.array_parallel.or(base.array_parallel),
+        }
+    }
 }
 
 /// A template under `stages/`: a kind plus default parameters.

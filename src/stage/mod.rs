@@ -14,8 +14,10 @@ pub mod command;
 pub mod context;
 pub mod downsample;
 pub mod params;
+pub mod publish;
 pub mod shard;
 pub mod source;
+pub mod train;
 pub mod sample;
 
 use std::sync::Arc;
@@ -59,6 +61,11 @@ pub trait StageKind: Send + Sync + 'static {
     fn resumable(&self) -> bool {
         false
     }
+    /// For kinds that split their work into shards (`relay exec --shard I/N`): the shard
+    /// count, and which shards are not complete yet in the private folder `out`.
+    fn shards(&self, _with: &Params, _out: &std::path::Path) -> Option<(usize, Vec<usize>)> {
+        None
+    }
     /// What the stage holds while it runs.
     fn resources(&self, _with: &Params) -> Resources {
         Resources::default()
@@ -81,12 +88,14 @@ pub fn builtin_kinds() -> Vec<Arc<dyn StageKind>> {
     vec![
         Arc::new(command::Command),
         Arc::new(sample::Sample),
+        Arc::new(publish::Publish),
         Arc::new(source::SourceFolder),
         Arc::new(source::SourceZip),
         Arc::new(source::SourceWebdataset),
         Arc::new(source::SourceShapes),
         Arc::new(shard::Shard),
         Arc::new(downsample::Downsample),
+        Arc::new(train::Train),
     ]
 }
 

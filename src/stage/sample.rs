@@ -94,6 +94,12 @@ impl StageKind for Sample {
     fn resumable(&self) -> bool {
         true
     }
+    fn shards(&self, with: &Params, out: &std::path::Path) -> Option<(usize, Vec<usize>)> {
+        let p: SampleParams = parse_params(with).ok()?;
+        let plans = plan_shards(&p.seeds.0, p.samples_per_shard);
+        let missing = plans.iter().filter(|s| !shard_done(out, s)).map(|s| s.index).collect();
+        Some((plans.len(), missing))
+    }
     fn resources(&self, _with: &Params) -> Resources {
         Resources { gpu: true }
     }
@@ -102,6 +108,14 @@ impl StageKind for Sample {
         let p: SampleParams = parse_params(with)?;
         let mut models = serde_json::Map::new();
         for m in &p.models {
+            // A Hub reference is pinned by the commit its revision resolves to (not the
+            // branch name): a moved branch makes the stage stale.
+            if crate::hub::HfUri::is_hf(m) {
+                let uri = crate::hub::HfUri::parse(m)?;
+                let commit = crate::hub::Hub::new(None)?.resolve_commit(&uri).with_context(|| format!("model `{m}`"))?;
+                models.insert(m.clone(), Value::String(uri.pinned(&commit)));
+                continue;
+            }
             let dir = cx.pipeline_dir.join(m);
             let digest = crate::exec::fresh::digest_path(&dir)
                 .with_context(|| format!("model folder `{m}` ({}) cannot be read", dir.display()))?;
@@ -113,25 +127,30 @@ impl StageKind for Sample {
         let p: SampleParams = parse_params(&cx.params)?;
         let device = cx.device.device()?;
         // The chain, in resolution order.
-        let dirs = model_dirs(&p.models, &cx.pipeline_dir, &cx.inputs);
+        let dirs = model_dirs(&p.models, &cx.pipeline_dir, &cx.inputs)?;
         if dirs.is_empty() {
             bail!("no models: list the train stages under `needs:` or give `models:` folders");
         }
         let mut cards = Vec::new();
-        for (name, dir) in dirs {
+        for (name, dir, pinned) in dirs {
             let card = ModelCard::load(&dir).with_context(|| format!("model `{name}`"))?;
-            cards.push((card.resolution, name, dir));
+            cards.push((card.resolution, name, dir, pinned));
         }
         cards.sort_by_key(|c| c.0);
         let mut stages = Vec::new();
-        for (pos, (_, name, dir)) in cards.iter().enumerate() {
+        for (pos, (_, name, dir, pinned)) in cards.iter().enumerate() {
             let overrides = p
                 .stages
                 .get(name)
                 .or_else(|| p.stages.get(&pos.to_string()))
                 .map(to_json)
                 .unwrap_or(Value::Null);
-            stages.push(ChainStage::load(name, dir, pos, &overrides, &device).with_context(|| format!("loading model `{name}`"))?);
+            let mut stage = ChainStage::load(name, dir, pos, &overrides, &device).with_context(|| format!("loading model `{name}`"))?;
+            if let Some(pinned) = pinned {
+                // Manifests record the Hub reference at its commit, not the cache path.
+                stage.checkpoint.path = pinned.clone();
+            }
+            stages.push(stage);
         }
         for k in p.stages.keys() {
             let known = cards.iter().enumerate().any(|(i, c)| &c.1 == k || &i.to_string() == k);

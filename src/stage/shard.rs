@@ -58,7 +58,11 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit `{other}` in `{text}` (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     Ok((num * mult).round() as u64)
 }
@@ -90,10 +94,16 @@ impl StageKind for Shard {
     fn check(&self, with: &Params) -> Result<(), ParamError> {
         let p: ShardParams = parse_params(with)?;
         if p.samples_per_shard == 0 {
-            return Err(ParamError::new("samples_per_shard", "`samples_per_shard` must be at least 1"));
+            return Err(ParamError::new(
+                "samples_per_shard",
+                "`samples_per_shard` must be at least 1",
+            ));
         }
         if p.max_shard_bytes == Some(0) {
-            return Err(ParamError::new("max_shard_bytes", "`max_shard_bytes` must be positive"));
+            return Err(ParamError::new(
+                "max_shard_bytes",
+                "`max_shard_bytes` must be positive",
+            ));
         }
         Ok(())
     }
@@ -112,7 +122,8 @@ impl StageKind for Shard {
             threads: threads(cx),
             prefix: "data".into(),
         };
-        let s = write_shards(&source, &cx.out, &opts, &StageMonitor(cx)).map_err(|e| stage_error(cx, e))?;
+        let s = write_shards(&source, &cx.out, &opts, &StageMonitor(cx))
+            .map_err(|e| stage_error(cx, e))?;
         cx.progress.log(format!(
             "{} samples in {} shards ({:.1} MB), {} rejected, {:.1} images/s",
             s.samples,
@@ -148,9 +159,10 @@ mod tests {
 
     #[test]
     fn params() {
-        let p: ShardParams =
-            parse_params(&serde_yaml::from_str("{max_shard_bytes: 10MB, shuffle_seed: null}").unwrap())
-                .unwrap();
+        let p: ShardParams = parse_params(
+            &serde_yaml::from_str("{max_shard_bytes: 10MB, shuffle_seed: null}").unwrap(),
+        )
+        .unwrap();
         assert_eq!(p.max_shard_bytes, Some(10_000_000));
         assert_eq!(p.shuffle_seed, None);
         assert_eq!(p.samples_per_shard, 1000);

@@ -21,7 +21,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{parse_params, Cancelled, Outcome, ParamError, Params, PlanContext, StageContext, StageKind};
+use super::{
+    parse_params, Cancelled, Outcome, ParamError, Params, PlanContext, StageContext, StageKind,
+};
 use crate::data::descriptor::Descriptor;
 use crate::data::source::{
     list_folder, list_webdataset, list_zip, listing_digest, write_source, LabelMode, Listing,
@@ -65,7 +67,14 @@ pub(crate) fn threads(cx: &StageContext) -> usize {
 
 fn check_transform(t: Transform, r: Option<Resolution>) -> Result<(), ParamError> {
     transform::check(t, r).map_err(|m| {
-        ParamError::new(if r.is_none() { "resolution" } else { "transform" }, m)
+        ParamError::new(
+            if r.is_none() {
+                "resolution"
+            } else {
+                "transform"
+            },
+            m,
+        )
     })
 }
 
@@ -189,10 +198,14 @@ fn publish(cx: &StageContext, found: Found<'_>) -> anyhow::Result<Outcome> {
         ..Default::default()
     };
     outcome.info.insert("images".into(), count.into());
-    outcome.info.insert("ignored_files".into(), listing.ignored.into());
+    outcome
+        .info
+        .insert("ignored_files".into(), listing.ignored.into());
     outcome.info.insert(
         "classes".into(),
-        listing.classes.map_or(serde_json::Value::Null, |c| c.len().into()),
+        listing
+            .classes
+            .map_or(serde_json::Value::Null, |c| c.len().into()),
     );
     Ok(outcome)
 }
@@ -237,7 +250,11 @@ impl StageKind for SourceFolder {
         let p: FileParams = parse_params(with)?;
         check_transform(p.transform, p.resolution)
     }
-    fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<serde_json::Value> {
+    fn fingerprint_extra(
+        &self,
+        cx: &PlanContext<'_>,
+        with: &Params,
+    ) -> anyhow::Result<serde_json::Value> {
         let p: FileParams = parse_params(with)?;
         let path = cx.pipeline_dir.join(&p.path);
         if !path.exists() {
@@ -287,7 +304,11 @@ impl StageKind for SourceZip {
         let p: FileParams = parse_params(with)?;
         check_transform(p.transform, p.resolution)
     }
-    fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<serde_json::Value> {
+    fn fingerprint_extra(
+        &self,
+        cx: &PlanContext<'_>,
+        with: &Params,
+    ) -> anyhow::Result<serde_json::Value> {
         let p: FileParams = parse_params(with)?;
         let path = cx.pipeline_dir.join(&p.path);
         if !path.exists() {
@@ -332,7 +353,11 @@ impl StageKind for SourceWebdataset {
         data::wds::expand(&p.path).map_err(|e| ParamError::new("path", e.to_string()))?;
         check_transform(p.transform, p.resolution)
     }
-    fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<serde_json::Value> {
+    fn fingerprint_extra(
+        &self,
+        cx: &PlanContext<'_>,
+        with: &Params,
+    ) -> anyhow::Result<serde_json::Value> {
         let p: WdsParams = parse_params(with)?;
         let pattern = cx.pipeline_dir.join(&p.path);
         let shards: Vec<_> = data::wds::expand(&pattern.to_string_lossy())?
@@ -385,7 +410,10 @@ impl StageKind for SourceShapes {
             .with_hint(format!("the shapes are {}", shapes::SHAPES.join(", "))));
         }
         if !(4..=4096).contains(&p.resolution) {
-            return Err(ParamError::new("resolution", "`resolution` must be 4..=4096"));
+            return Err(ParamError::new(
+                "resolution",
+                "`resolution` must be 4..=4096",
+            ));
         }
         Ok(())
     }
@@ -398,7 +426,12 @@ impl StageKind for SourceShapes {
             root: None,
             transform: Transform::None,
             resolution: None,
-            classes: Some(shapes::SHAPES[..p.classes].iter().map(|s| s.to_string()).collect()),
+            classes: Some(
+                shapes::SHAPES[..p.classes]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
             count: p.count,
             dataset: None,
             shapes: Some(ShapesSpec {
@@ -410,8 +443,9 @@ impl StageKind for SourceShapes {
         write_source(&cx.out, &info, &[]).map_err(|e| stage_error(cx, e))?;
         let grid = shapes::preview(p.seed, p.classes, p.resolution.min(128), 8, 4, p.count);
         let preview = cx.out.join("preview.png");
-        std::fs::write(&preview, data::image::encode_png(&grid))
-            .with_context(|| format!("stage `{}`: cannot write `{}`", cx.name, preview.display()))?;
+        std::fs::write(&preview, data::image::encode_png(&grid)).with_context(|| {
+            format!("stage `{}`: cannot write `{}`", cx.name, preview.display())
+        })?;
         let mut outcome = Outcome {
             images: Some(p.count),
             ..Default::default()

@@ -7,9 +7,17 @@
 //! | `spec`   | validation errors: positions, hints, cycles, exit code 2 |
 //! | `runner` | caching, plan explanations, concurrency, matrix, failures, kill -9 |
 //! | `sample` | sampling jobs: shards, manifest, workers, resume, export |
+//! | `slurm`  | the Slurm executor on a real one-node Slurm: job arrays, merge, resubmission |
+//! | `hub`    | the `publish` stage and `hf://` checkpoints against a stand-in Hub (issue 7) |
+//! | `train`  | the `train` stage: learning check, exact resume, NaN loss, a pipeline (issue 5) |
+//! | `hub_server` | the stand-in Hub: the endpoints hf-hub calls, in memory |
 
 mod common;
 mod data;
+mod hub;
+mod hub_server;
 mod runner;
 mod sample;
+mod slurm;
 mod spec;
+mod train;

@@ -11,7 +11,7 @@ use crate::common::Project;
 
 /// A randomly initialised tiny model folder: `relay` = None for a base stage, or the
 /// relay stage's up-scale factor.
-fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
+pub fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
     let cfg = UnetConfig::tiny().with_resolution(res);
     let varmap = VarMap::new();
     let dev = Device::Cpu;

@@ -1,0 +1,107 @@
+//! Training the stages of a relay cascade: the EDM base stage (Karras et al. 2022) and the
+//! relay (blurring) stages of RDM (Teng et al. 2024), as RelayDiffusion's
+//! `training/training_loop.py` runs them. A library: no stage context, no YAML; progress and
+//! cancellation come in through a [`Monitor`]. The `train` stage kind is the adapter.
+//!
+//! 1. [`TrainConfig`] ([`config`]): every setting, resolved; [`StageConfig`] is the
+//!    `config.json` written beside the weights.
+//! 2. [`data`]: the seeded, resumable stream of training images from paired shards.
+//! 3. [`optim`]: seeded initialisation, Adam, EMA, gradient clean-up.
+//! 4. [`trainer::train`]: the loop; [`snapshot`] writes and reads the exact-resume state;
+//!    [`log`] the per-tick log, `train_log.parquet` and `loss.png`; [`preview`] the grids.
+//!
+//! Exact resume: all randomness is keyed by (seed, step, sample index) (noise levels and
+//! noise through [`crate::diffusion::noise::SeedNoise`], label dropout, x-flips and the
+//! shuffle through the data position), so the step counter and the data position are the
+//! whole RNG state. On the CPU a resumed run ends with the same weights bit for bit as an
+//! uninterrupted one — except with `dropout > 0`: the network's dropout masks come from
+//! candle's generator, which cannot be seeded on the CPU.
+//!
+//! World size: one process. The rank and world size are read from the environment
+//! ([`World::from_env`], torchrun's or Slurm's variables) and each rank would read every
+//! `world`-th shard, but the gradient all-reduce over NCCL is not written yet, so a world
+//! size above 1 is refused.
+
+pub mod config;
+pub mod data;
+pub mod log;
+pub mod optim;
+pub mod preview;
+pub mod snapshot;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use config::{load_stage_dir, Cost, Duration, Objective, SamplerDefaults, StageConfig, TrainConfig};
+pub use trainer::{train, TrainSummary};
+
+/// Progress and cancellation of a training run.
+pub trait Monitor {
+    /// Training of `total` images starts, `done` of them already done (resume).
+    fn start(&self, _total: u64, _done: u64) {}
+    /// After every step: images seen so far and a short status.
+    fn progress(&self, _nimg: u64, _message: String) {}
+    /// A log line (ticks, resume, snapshots).
+    fn log(&self, _line: &str) {}
+    /// `true` once the run should save its state and stop.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A monitor that reports nothing and never cancels.
+pub struct Quiet;
+impl Monitor for Quiet {}
+
+/// Returned (inside `anyhow::Error`) when a run stopped on request after saving its state.
+#[derive(Debug, thiserror::Error)]
+#[error("training cancelled at step {step}; the state is saved in `{}`", snapshot.display())]
+pub struct TrainCancelled {
+    pub step: u64,
+    pub snapshot: PathBuf,
+}
+
+/// This process's place among the data-parallel processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct World {
+    pub rank: usize,
+    pub size: usize,
+    pub local_rank: usize,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+        }
+    }
+}
+
+impl World {
+    /// `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (torchrun), else `SLURM_PROCID` / `SLURM_NTASKS` /
+    /// `SLURM_LOCALID`, else one process.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let get = |k: &str| -> anyhow::Result<Option<usize>> {
+            match std::env::var(k) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| anyhow::anyhow!("environment variable {k}={v:?} is not a number")),
+                Err(_) => Ok(None),
+            }
+        };
+        let pick = |a: &str, b: &str| -> anyhow::Result<Option<usize>> { Ok(get(a)?.or(get(b)?)) };
+        let w = Self {
+            rank: pick("RANK", "SLURM_PROCID")?.unwrap_or(0),
+            size: pick("WORLD_SIZE", "SLURM_NTASKS")?.unwrap_or(1).max(1),
+            local_rank: pick("LOCAL_RANK", "SLURM_LOCALID")?.unwrap_or(0),
+        };
+        if w.rank >= w.size {
+            anyhow::bail!("rank {} is not below the world size {}", w.rank, w.size);
+        }
+        Ok(w)
+    }
+}

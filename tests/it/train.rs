@@ -1,0 +1,362 @@
+//! The `train` stage (issue 5): a learning check for the base (EDM) and relay stages, an
+//! exact resume, and a pipeline source/shapes → shard → downsample → two train stages run
+//! through the binary.
+//!
+//! The library tests build their paired shards directly with the data library (shapes
+//! rendered at 16², box-reduced to 4², the `downsample` layout), so they need no stages.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use relay::data::image::encode_png;
+use relay::data::resample::box_reduce;
+use relay::data::shapes;
+use relay::data::tar::ShardWriter;
+use relay::diffusion::blur_sampler::BlurSamplerConfig;
+use relay::diffusion::edm_sampler::EdmSamplerConfig;
+use relay::diffusion::loss::{BlurLoss, EdmLoss};
+use relay::diffusion::noise::SeedNoise;
+use relay::diffusion::schedule::{normal_cdf, P_MEAN, P_STD};
+use relay::model::{EdmPrecond, UnetConfig};
+use relay::train::optim::seeded_var_builder;
+use relay::train::{self, Duration, Monitor, Objective, SamplerDefaults, TrainCancelled, TrainConfig, World};
+
+use crate::common::Project;
+
+const HI: u32 = 16;
+const LO: u32 = 4;
+
+/// `shards` shards of `per` shapes pairs (`KEY.16.png`, `KEY.4.png`, `KEY.cls`).
+fn write_pairs(dir: &Path, seed: u64, shards: usize, per: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for s in 0..shards {
+        let mut w = ShardWriter::create(&dir.join(format!("pairs-{s:06}.tar"))).unwrap();
+        for i in 0..per {
+            let index = (s * per + i) as u64;
+            let (hi, class) = shapes::render(seed, index, 4, HI);
+            let lo = box_reduce(&hi, HI / LO);
+            let (hi, lo, cls) = (encode_png(&hi), encode_png(&lo), class.to_string());
+            w.write_sample(
+                &format!("{index:08}"),
+                &[("16.png", &hi), ("4.png", &lo), ("cls", cls.as_bytes())],
+            )
+            .unwrap();
+        }
+        w.finish().unwrap();
+    }
+}
+
+/// A small CPU configuration of the tiny preset at 16².
+fn config(objective: Objective, steps: u64) -> TrainConfig {
+    let sampler = match objective {
+        Objective::Edm { .. } => SamplerDefaults::Edm(EdmSamplerConfig {
+            s_max: f64::MAX,
+            ..Default::default()
+        }),
+        Objective::Relay { .. } => SamplerDefaults::Blur(BlurSamplerConfig::default()),
+    };
+    TrainConfig {
+        objective,
+        model: UnetConfig::tiny().with_resolution(HI as usize),
+        cond: false,
+        batch: 16,
+        micro_batch: 8,
+        duration: Duration::Steps(steps),
+        seed: 3,
+        lr: 2e-3,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        lr_rampup_kimg: 0.16,
+        ema_halflife_kimg: 0.5,
+        ema_rampup_ratio: Some(0.05),
+        grad_clip: None,
+        loss_scaling: 1.0,
+        loss_divisor: 256.0,
+        xflip: true,
+        shuffle_buffer: 64,
+        tick_kimg: 0.4,
+        snapshot_kimg: 2.0,
+        keep_snapshots: 2,
+        preview_images: 0,
+        preview_steps: 6,
+        sampler,
+        bf16: false,
+    }
+}
+
+fn edm() -> Objective {
+    Objective::Edm {
+        resolution: HI as usize,
+        loss: EdmLoss::default(),
+    }
+}
+
+fn relay_objective() -> Objective {
+    Objective::Relay {
+        from: LO as usize,
+        to: HI as usize,
+        loss: BlurLoss::default(),
+    }
+}
+
+/// 32 held-out images (another shapes seed) as [−1, 1] tensors.
+fn held_out() -> Tensor {
+    let mut v = Vec::new();
+    for i in 0..32 {
+        let (img, _) = shapes::render(999, i, 4, HI);
+        let raw = img.as_raw();
+        for c in 0..3 {
+            for p in 0..(HI * HI) as usize {
+                v.push(raw[p * 3 + c] as f32 / 127.5 - 1.0);
+            }
+        }
+    }
+    Tensor::from_vec(v, (32, 3, HI as usize, HI as usize), &Device::Cpu).unwrap()
+}
+
+/// Mean weighted denoising loss on the held-out images at each σ, with fixed noise.
+/// EDM: r = (ln σ − P_mean)/P_std. Relay: the u of that σ on the training schedule, so the
+/// input is blurred as the stage trains it (σ = 2 lies just past ℓ = 0.93's top, 1.77).
+fn held_out_loss(net: &EdmPrecond, objective: &Objective) -> Vec<f64> {
+    let y = held_out();
+    [0.2f64, 0.5, 1.0, 2.0]
+        .iter()
+        .map(|&sigma| {
+            let seeds: Vec<u64> = (0..32).map(|i| 10_000 + i).collect();
+            let mut noise = SeedNoise::new(&seeds);
+            let z = (sigma.ln() - P_MEAN) / P_STD;
+            let parts = match objective {
+                Objective::Edm { loss, .. } => loss.loss_at(net, &y, None, &[z; 32], &mut noise).unwrap(),
+                Objective::Relay { loss, .. } => {
+                    let u = normal_cdf(z) / loss.prob_length;
+                    loss.loss_at(net, &y, None, &[u; 32], &mut noise).unwrap()
+                }
+            };
+            assert!((parts.sigma[0] - sigma).abs() < 1e-9 * sigma);
+            parts.loss.mean_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+        })
+        .collect()
+}
+
+fn untrained(cfg: &TrainConfig) -> EdmPrecond {
+    let (vb, _) = seeded_var_builder(cfg.seed, &Device::Cpu);
+    EdmPrecond::new(vb, &cfg.model).unwrap()
+}
+
+/// Train, then compare the held-out loss with the untrained network's.
+fn learning_check(objective: Objective, steps: u64) -> (Vec<f64>, Vec<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs");
+    write_pairs(&data, 0, 4, 64);
+    let cfg = config(objective.clone(), steps);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let t = std::time::Instant::now();
+    let summary = train::train(&cfg, &data, &out, &Device::Cpu, "cpu", World::default(), &train::Quiet).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: {steps} steps × {} images in {secs:.1} s ({:.1} img/s), final tick loss {:?}",
+        objective.name(),
+        cfg.batch,
+        (steps * cfg.batch as u64) as f64 / secs,
+        summary.final_loss
+    );
+    for f in ["model.safetensors", "config.json", "train_log.parquet", "loss.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let (trained, stage) = train::load_stage_dir(&out, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(stage.cost.images_seen, steps * 16);
+    assert_eq!(stage.cost.steps, steps);
+    assert!(stage.cost.training_flops > 0.0 && stage.cost.device_hours > 0.0);
+    let before = held_out_loss(&untrained(&cfg), &objective);
+    let after = held_out_loss(&trained, &objective);
+    eprintln!("{} held-out loss at σ = 0.2, 0.5, 1, 2: before {before:.4?}, after {after:.4?}", objective.name());
+    (before, after)
+}
+
+/// The threshold: after 150 steps of 16 images (2.4 kimg, ~35 s on two cores) the
+/// held-out loss must fall below 0.6× the untrained network's at every σ. Measured on
+/// this machine (seed 3): EDM 0.14–0.45×, relay 0.07–0.5× (see the report of issue 5;
+/// the untrained net is D = c_skip·x, which at σ = 2 already removes most of the noise,
+/// so that σ improves least). 0.6 leaves margin for float differences between machines
+/// while still failing a run that does not learn (a broken gradient stays at ~1.0×).
+const RATIO: f64 = 0.6;
+
+#[test]
+fn base_stage_learns() {
+    let (before, after) = learning_check(edm(), 150);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(a < &(RATIO * b), "σ #{i}: {a} is not below {RATIO} × {b}");
+    }
+}
+
+#[test]
+fn relay_stage_learns() {
+    let (before, after) = learning_check(relay_objective(), 150);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(a < &(RATIO * b), "σ #{i}: {a} is not below {RATIO} × {b}");
+    }
+}
+
+/// Cancels once `after` images were seen.
+struct CancelAfter(u64, std::cell::Cell<u64>);
+
+impl Monitor for CancelAfter {
+    fn progress(&self, nimg: u64, _: String) {
+        self.1.set(nimg);
+    }
+    fn cancelled(&self) -> bool {
+        self.1.get() >= self.0
+    }
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    let t = candle_core::safetensors::load(dir.join("training-state.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<u32>)> = t
+        .into_iter()
+        .map(|(k, t)| {
+            let bits = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            (k, bits)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// N steps straight vs N/2, cancel, resume to N: the same weights, EMA and Adam moments bit
+/// for bit, and a log that continues (same steps, same losses) instead of restarting.
+fn exact_resume(objective: Objective) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs");
+    write_pairs(&data, 0, 3, 16);
+    let mut cfg = config(objective, 8);
+    cfg.tick_kimg = 0.032; // a row every 2 steps
+    cfg.snapshot_kimg = 0.064; // a snapshot every 4 steps
+    cfg.preview_images = 2;
+    cfg.preview_steps = 3;
+    cfg.shuffle_buffer = 7;
+    let straight = dir.path().join("straight");
+    let resumed = dir.path().join("resumed");
+    std::fs::create_dir_all(&straight).unwrap();
+    std::fs::create_dir_all(&resumed).unwrap();
+    let a = train::train(&cfg, &data, &straight, &Device::Cpu, "cpu", World::default(), &train::Quiet).unwrap();
+    // Cancel after step 3 (48 images): the run saves a snapshot at step 3 and stops.
+    let err = train::train(&cfg, &data, &resumed, &Device::Cpu, "cpu", World::default(), &CancelAfter(48, 0.into()))
+        .unwrap_err();
+    let c = err.downcast_ref::<TrainCancelled>().expect("a cancellation");
+    assert_eq!(c.step, 3);
+    let b = train::train(&cfg, &data, &resumed, &Device::Cpu, "cpu", World::default(), &train::Quiet).unwrap();
+    assert_eq!(b.resumed_from, Some(3));
+    assert_eq!(a.snapshot.file_name(), b.snapshot.file_name());
+    let (wa, wb) = (weights(&a.snapshot), weights(&b.snapshot));
+    assert_eq!(wa.len(), wb.len());
+    for ((ka, va), (kb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(ka, kb);
+        assert!(va == vb, "{ka} differs after resume");
+    }
+    let log = |p: &Path| -> Vec<(u64, u64)> {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("training-state.json")).unwrap()).unwrap();
+        s["log"].as_array().unwrap().iter().map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap().to_bits())).collect()
+    };
+    let (la, lb) = (log(&a.snapshot), log(&b.snapshot));
+    assert_eq!(la.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4, 6, 8]);
+    assert_eq!(la, lb, "the loss log continues exactly");
+    // keep_snapshots: 2 → steps 4 and 8 remain (the cancel snapshot at 3 was pruned).
+    let snaps: Vec<String> = std::fs::read_dir(resumed.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert!(resumed.join("samples.png").is_file());
+}
+
+#[test]
+fn base_stage_resumes_exactly() {
+    exact_resume(edm());
+}
+
+#[test]
+fn relay_stage_resumes_exactly() {
+    exact_resume(relay_objective());
+}
+
+/// A NaN loss stops the run with the step and the last good snapshot.
+#[test]
+fn nan_loss_names_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs");
+    write_pairs(&data, 0, 1, 16);
+    let mut cfg = config(edm(), 4);
+    cfg.lr = 1e30; // the second step's weights overflow
+    cfg.lr_rampup_kimg = 0.0;
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let e = train::train(&cfg, &data, &out, &Device::Cpu, "cpu", World::default(), &train::Quiet).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("at step 1") && msg.contains("there is no snapshot yet"), "{msg}");
+}
+
+/// source/shapes → shard → downsample → base + relay `train` stages through the binary:
+/// both train (concurrently: neither waits for the other), write their outputs and cost
+/// figures, and a second run is cached.
+#[test]
+fn pipeline_trains_both_stages() {
+    let p = Project::new();
+    p.write(
+        "pipeline.yaml",
+        r#"
+name: train-it
+workdir: runs
+stages:
+  images:
+    uses: source/shapes
+    with: { count: 48, resolution: 16, classes: 4, seed: 1 }
+  shards:
+    uses: shard
+    needs: [images]
+    with: { samples_per_shard: 16 }
+  pairs:
+    uses: downsample
+    needs: [shards]
+    with: { resolutions: [16, 4] }
+  base:
+    uses: train
+    needs: [pairs]
+    with: { diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 6, cond: true, label_dropout: 0.1,
+            lr: 1e-3, lr_rampup_kimg: 0, tick_kimg: 0.016, snapshot_kimg: 0.024, preview_images: 4, preview_steps: 4 }
+  relay:
+    uses: train
+    needs: [pairs]
+    with: { diffusion: relay, from: 4, to: 16, model: tiny, batch: 8, steps: 6,
+            lr: 1e-3, lr_rampup_kimg: 0, tick_kimg: 0.016, snapshot_kimg: 0.024, preview_images: 4, preview_steps: 6 }
+"#,
+    );
+    let run = p.run(&["run", "pipeline.yaml", "--device", "cpu"]);
+    assert_eq!(run.code, 0, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    for stage in ["base", "relay"] {
+        let out = p.path().join("runs").join(stage);
+        for f in ["model.safetensors", "config.json", "train_log.parquet", "loss.png", "samples.png"] {
+            assert!(out.join(f).is_file(), "{stage}/{f} missing");
+        }
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["cost"]["images_seen"], 48);
+        assert_eq!(cfg["cost"]["device"], "cpu");
+    }
+    let records = p.records();
+    let rec = |s: &str| records.iter().find(|r| r["stage"] == s && r["status"] == "ok").cloned().unwrap();
+    let (base, relay) = (rec("base"), rec("relay"));
+    let text = serde_json::to_string(&base).unwrap();
+    assert!(text.contains("training_flops") && text.contains("device_hours"), "{text}");
+    // Concurrent: each started before the other ended.
+    let span = |r: &serde_json::Value| {
+        let s = |k: &str| r[k].as_str().unwrap().to_string();
+        (s("started"), s("ended"))
+    };
+    let ((bs, be), (rs, re)) = (span(&base), span(&relay));
+    assert!(bs <= re && rs <= be, "base {bs}..{be}, relay {rs}..{re}");
+    let again = p.run(&["run", "pipeline.yaml", "--device", "cpu"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(p.ok_runs("base"), 1, "the second run must be cached");
+    assert_eq!(p.ok_runs("relay"), 1);
+}
