@@ -47,6 +47,12 @@ pub enum Command {
     Exec(ExecArgs),
     /// Cancel the pipeline's Slurm jobs that are still queued or running (scancel).
     Cancel(PipelineArgs),
+    /// Network configurations: parameter counts and FLOPs.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Benchmarks that print a table (data preparation, the network).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// List the built-in stage kinds.
     Kinds,
     /// Hand a sample stage's output to standard evaluators (ADM .npz, EDM PNG folders).
@@ -74,6 +80,9 @@ pub struct PipelineArgs {
     /// Override a parameter: -s stage.key=value (the value is read as YAML: 3, 0.15, true, [64, 16]).
     #[arg(short = 's', long = "set", value_name = "STAGE.KEY=VALUE")]
     pub set: Vec<Override>,
+    /// Replace a pipeline variable: --var hi=128 (read as YAML, like -s).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<crate::spec::VarOverride>,
     /// Use this working folder instead of the pipeline's `workdir:`.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
@@ -114,6 +123,9 @@ pub struct RunArgs {
     /// How many stages may run at once (default: the number of CPU cores, at least 2).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Pin results in this file instead of `relay.lock` beside the pipeline.
+    #[arg(long, value_name = "FILE")]
+    pub lockfile: Option<PathBuf>,
     /// Where stages run: `local` (this machine) or `slurm` (one sbatch job per stage,
     /// sampling as job arrays). Default: the pipeline's `executor:`, else local.
     #[arg(long, value_enum, value_name = "EXECUTOR")]
@@ -121,6 +133,53 @@ pub struct RunArgs {
     /// With `--executor slurm`: wait until the submitted jobs end, then report their states.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Parameters, tensors, channels and forward FLOPs per image of a preset
+    /// (`tiny`, `adm-64`, `adm-256`) or a config.json / model folder.
+    Info {
+        /// A preset name, a config.json, or a model folder.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Prepare N generated photo-sized JPEGs into 256+64 pairs (folder -> shard ->
+    /// downsample) and print images/s (scripts/bench-prep.sh compares with Pillow).
+    Prep {
+        /// Number of images.
+        #[arg(long, default_value_t = 500)]
+        count: u64,
+        /// Scratch folder (images are generated once and reused).
+        #[arg(long, default_value = "target/bench-prep")]
+        dir: PathBuf,
+        /// Worker threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Time training steps (forward + backward + Adam) and sampling forwards of the U-Net
+    /// and print images/s and FLOP/s (scripts/bench-vs-torch.sh compares with PyTorch).
+    /// CPU threads: RAYON_NUM_THREADS (default: all cores).
+    Model {
+        /// A preset (`tiny`, `adm-64`, `adm-256`) or a config.json / model folder.
+        #[arg(default_value = "tiny")]
+        config: String,
+        /// Images per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed steps of each kind (after 2 warm-up steps); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Input resolution (default: the config's); attention stays at the same levels.
+        #[arg(long)]
+        resolution: Option<usize>,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -182,7 +241,7 @@ pub struct BadInput(pub String);
 
 /// Load and validate a pipeline.
 pub fn load_plan(args: &PipelineArgs) -> Result<Plan, SpecErrors> {
-    let mut spec = crate::spec::load(&args.pipeline, &args.set)?;
+    let mut spec = crate::spec::load_with_vars(&args.pipeline, &args.set, &args.vars)?;
     if let Some(w) = &args.workdir {
         spec.workdir = std::path::absolute(w).unwrap_or_else(|_| w.clone());
     }
@@ -224,6 +283,32 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Model(ModelCommand::Info { name }) => {
+            print!("{}", crate::model::report(&name)?);
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Prep { count, dir, threads }) => {
+            let b = crate::data::bench::prep(&dir, count, threads, &crate::data::Quiet)?;
+            println!("| images | threads | shard s | downsample s | total s | images/s |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                b.images, b.threads, b.shard_seconds, b.downsample_seconds, b.seconds, b.images_per_sec
+            );
+            println!("relay_images_per_sec={:.2}", b.images_per_sec);
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Model {
+            config,
+            batch,
+            steps,
+            resolution,
+            device,
+        }) => {
+            let b = crate::bench::model(&config, batch, steps, resolution, &device)?;
+            println!("{}", b.table());
+            Ok(0)
+        }
         Command::Kinds => {
             for k in crate::stage::builtin_kinds() {
                 println!("{:<18} {}", k.name(), k.summary());
@@ -262,7 +347,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if slurm {
                 return run_slurm(plan, &a);
             }
-            let opts = run_options(&a.select, a.dry_run, a.device, a.jobs, a.keep_going, None);
+            let mut opts = run_options(&a.select, a.dry_run, a.device, a.jobs, a.keep_going, None);
+            opts.lockfile = a.lockfile.clone();
             let dry = opts.dry_run;
             let report = execute(plan, opts)?;
             if dry {
@@ -311,6 +397,7 @@ fn run_slurm(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
         exe: std::env::current_exe()?,
         pipeline: plan.spec.file.clone(),
         overrides: a.pipeline.set.iter().map(|o| o.text.clone()).collect(),
+        vars: a.pipeline.vars.iter().map(|v| v.text.clone()).collect(),
         workdir: plan.spec.workdir.clone(),
         cwd: std::env::current_dir()?,
     };
@@ -385,6 +472,7 @@ fn run_options(
         device,
         jobs: jobs.unwrap_or(cores.max(2)),
         shard,
+        lockfile: None,
     }
 }
 

@@ -11,7 +11,6 @@ use std::io::Cursor;
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ImageEncoder, ImageFormat, ImageReader, Limits, RgbImage};
-use sha2::{Digest, Sha256};
 
 use super::{DataError, Result};
 
@@ -73,15 +72,7 @@ pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// Lower-case hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
+pub use crate::util::sha256_hex;
 
 #[cfg(test)]
 mod tests {

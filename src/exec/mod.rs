@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// `relay exec --shard I/N`.
     pub shard: Option<ShardSel>,
+    /// Where to pin results (default: `relay.lock` beside the pipeline file).
+    pub lockfile: Option<PathBuf>,
 }
 
 /// Where a stage stands.
@@ -461,7 +463,11 @@ impl Executor {
                 })
                 .collect();
             if !good.is_empty() {
-                if let Err(e) = record::write_lock(&plan.spec.file, &plan.spec.name, &good) {
+                if let Err(e) = record::write_lock(
+                    &self.opts.lockfile.clone().unwrap_or_else(|| record::lock_path(&plan.spec.file)),
+                    &plan.spec.name,
+                    &good,
+                ) {
                     self.ui
                         .println(&format!("warning: could not write relay.lock: {e}"));
                 }

@@ -95,9 +95,8 @@ pub fn lock_path(pipeline_file: &Path) -> PathBuf {
 pub type LockEntry = (String, String, String, String, Option<serde_json::Value>);
 
 /// Pin the last good fingerprint and digest of each stage of `pipeline` in `relay.lock`.
-pub fn write_lock(pipeline_file: &Path, pipeline: &str, stages: &[LockEntry]) -> std::io::Result<()> {
-    let path = lock_path(pipeline_file);
-    let mut doc: serde_yaml::Mapping = std::fs::read_to_string(&path)
+pub fn write_lock(path: &Path, pipeline: &str, stages: &[LockEntry]) -> std::io::Result<()> {
+    let mut doc: serde_yaml::Mapping = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| serde_yaml::from_str(&s).ok())
         .unwrap_or_default();
@@ -124,7 +123,7 @@ pub fn write_lock(pipeline_file: &Path, pipeline: &str, stages: &[LockEntry]) ->
         "# relay.lock: the last good fingerprint and output digest of every stage.\n# Written by `relay run`; commit it to pin results.\n{}",
         serde_yaml::to_string(&doc).expect("yaml")
     );
-    crate::util::write_atomic(&path, text.as_bytes())
+    crate::util::write_atomic(path, text.as_bytes())
 }
 
 /// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-25T22:43:33Z`).

@@ -31,6 +31,8 @@ pub struct Invocation {
     pub pipeline: PathBuf,
     /// `-s` overrides as given.
     pub overrides: Vec<String>,
+    /// `--var` overrides as given.
+    pub vars: Vec<String>,
     /// The workdir (absolute).
     pub workdir: PathBuf,
     /// The submitting folder (`--chdir`).
@@ -165,6 +167,10 @@ fn exec_line(inv: &Invocation, stage: &str, shard: Option<&str>) -> String {
     for o in &inv.overrides {
         parts.push("-s".into());
         parts.push(quote(o));
+    }
+    for v in &inv.vars {
+        parts.push("--var".into());
+        parts.push(quote(v));
     }
     if let Some(s) = shard {
         parts.push("--shard".into());

@@ -261,7 +261,8 @@ pub fn model_card(cfg: &RepoConfig, at: &Location) -> String {
     if cfg.stages.len() > 1 {
         let _ = writeln!(
             b,
-            "| **total** | {} | {} | | {} |",
+            "| **total{}** | {} | {} | | {} |",
+            if complete { "" } else { " (recorded)" },
             total.images_seen.map_or("-".into(), group_digits),
             total.device_hours.map_or("-".into(), |h| format!("{h:.4}")),
             total

@@ -8,26 +8,28 @@
 //! * logits are divided by √(C/heads) (= 8), and the logits and softmax are computed in
 //!   float32 whatever the input dtype.
 
-use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{GroupNorm, Module, VarBuilder};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Module, VarBuilder};
 
 use super::blocks::{conv2d, group_norm, Conv};
+use super::ops::{self, group_norm::GroupNorm};
 
 /// softmax(qᵀk / √d) v for q, k, v of shape [N, d, L]; returns [N, d, L].
+///
+/// On the CPU the operands go to the matrix products as strided views (candle's gemm takes
+/// any strides) and the softmax is one fused kernel ([`ops::softmax`]); the L×L weights are
+/// never copied or transposed in memory. Other devices get contiguous operands.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let d = q.dim(1)?;
     let dtype = q.dtype();
-    let q = q.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous()?; // [N, Lq, d]
-    let k = (k.to_dtype(DType::F32)? / (d as f64).sqrt())?.contiguous()?; // [N, d, Lk]
+    let strided = ops::use_custom(q, ops::Kernel::Attention);
+    let operand = |t: Tensor| if strided { Ok(t) } else { t.contiguous() };
+    let q = operand(q.to_dtype(DType::F32)?.transpose(1, 2)?)?; // [N, Lq, d]
+    let k = operand((k.to_dtype(DType::F32)? / (d as f64).sqrt())?)?; // [N, d, Lk]
     let logits = q.matmul(&k)?; // [N, Lq, Lk]
-                                // Softmax over k. The max is a constant shift, so it is detached from the graph.
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let e = logits.broadcast_sub(&max)?.exp()?;
-    let w = e
-        .broadcast_div(&e.sum_keepdim(D::Minus1)?)?
-        .to_dtype(dtype)?;
-    // a[c, q] = Σ_k w[q, k] v[c, k]
-    v.contiguous()?.matmul(&w.transpose(1, 2)?.contiguous()?)
+    let w = ops::softmax::softmax_last_dim(&logits)?.to_dtype(dtype)?;
+    // a[c, q] = Σ_k v[c, k] w[q, k]
+    operand(v.clone())?.matmul(&operand(w.transpose(1, 2)?)?)
 }
 
 /// The attention half of a block: `x + proj(attention(qkv(norm2(x))))`.

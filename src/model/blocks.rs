@@ -10,9 +10,10 @@
 //! biases, and zeros for `conv1`, `proj` and `out_conv` (and `map_augment`).
 
 use candle_core::{Result, Tensor};
-use candle_nn::{GroupNorm, Init, Linear, Module, VarBuilder};
+use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use super::attention::Attention;
+use super::ops::{self, group_norm::GroupNorm};
 use super::structure::{group_norm_groups, BlockSpec, Resample, SkipKind, GROUP_NORM_EPS};
 
 /// U(±1/√fan_in): EDM's `kaiming_uniform` with `init_weight = init_bias = √(1/3)`.
@@ -48,12 +49,11 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// A k×k convolution, stride 1, zero padding k/2, with bias (EDM's `Conv2d` without
 /// resampling; the resampling is done by the caller).
 ///
-/// On the CPU it runs as an explicit im2col (k² shifted views) and one matrix product,
-/// so that its backward pass is two matrix products too. candle 0.11's CPU backward for
-/// `conv2d` goes through a direct `conv_transpose2d`: forward + backward of one tiny-preset
-/// layer took 15× its forward, against 5× here, and a whole training step about 4× less.
-/// The price is k² × the input's memory per call, so other devices (where memory is what
-/// limits the batch) keep the native convolution.
+/// On the CPU it runs as im2col + one matrix product ([`ops::conv`]), so that its backward
+/// pass is two matrix products and one col2im too: candle 0.11's CPU backward for `conv2d`
+/// goes through a direct `conv_transpose2d`, 15× the forward for one tiny-preset layer.
+/// Other devices keep the native convolution (there memory is what limits the batch, and
+/// im2col costs k² × the input's memory).
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
@@ -61,37 +61,16 @@ pub struct Conv {
     k: usize,
 }
 
-impl Conv {
-    fn forward_im2col(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let (o, k) = (self.weight.dim(0)?, self.k);
-        let cols = if k == 1 {
-            x.reshape((b, c, h * w))?
-        } else {
-            let p = k / 2;
-            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-            let mut taps = Vec::with_capacity(k * k);
-            for dy in 0..k {
-                for dx in 0..k {
-                    taps.push(xp.narrow(2, dy, h)?.narrow(3, dx, w)?);
-                }
-            }
-            // [B, C, k², H, W] → [B, C·k², H·W]: row c·k² + dy·k + dx, as the weight's OIHW.
-            Tensor::stack(&taps, 2)?.reshape((b, c * k * k, h * w))?
-        };
-        let wm = self.weight.reshape((o, c * k * k))?;
-        wm.broadcast_matmul(&cols)?.reshape((b, o, h, w))
-    }
-}
-
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if x.device().is_cpu() {
-            self.forward_im2col(x)?
-        } else {
-            x.conv2d(&self.weight, self.k / 2, 1, 1, 1)?
-        };
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        if ops::use_custom(x, ops::Kernel::Conv) {
+            return ops::conv::conv2d_same(x, &self.weight, &self.bias);
+        }
+        if x.device().is_cpu() {
+            return ops::conv::conv2d_taps(x, &self.weight, &self.bias);
+        }
+        x.conv2d(&self.weight, self.k / 2, 1, 1, 1)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
 
@@ -115,7 +94,7 @@ pub fn conv2d(
 
 /// GroupNorm with min(32, C/4) groups and eps 1e-5.
 pub fn group_norm(c: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(group_norm_groups(c), c, GROUP_NORM_EPS, vb)
+    GroupNorm::new(group_norm_groups(c), c, GROUP_NORM_EPS, vb)
 }
 
 /// 2×2 mean with stride 2: the reference's grouped conv with the [1,1] box filter.
@@ -204,20 +183,14 @@ impl UNetBlock {
     /// `x` [B, C_in, H, W], `emb` [B, E] → [B, C_out, H', W']. `train` turns dropout on.
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
         // 1. norm0 → SiLU → (resample) → conv0.
-        let h = self.norm0.forward(x)?.silu()?;
+        let h = self.norm0.forward_silu(x)?;
         let h = self.conv0.forward(&resample(&h, self.resample)?)?;
 
         // 2. Scale-shift norm: SiLU(shift + norm1(h)·(scale + 1)).
         let c = self.out_channels;
-        let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
-        let scale = (params.narrow(1, 0, c)? + 1.0)?;
-        let shift = params.narrow(1, c, c)?;
-        let h = self
-            .norm1
-            .forward(&h)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&shift)?
-            .silu()?;
+        let params = self.affine.forward(emb)?;
+        let (scale, shift) = (params.narrow(1, 0, c)?, params.narrow(1, c, c)?);
+        let h = self.norm1.forward_scale_shift_silu(&h, &scale, &shift)?;
 
         // 3. Dropout → conv1, plus the residual (skip_scale = 1).
         let h = if train && self.dropout > 0.0 {

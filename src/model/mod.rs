@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod embedding;
 pub mod info;
+pub mod ops;
 pub mod precond;
 pub mod structure;
 pub mod unet;

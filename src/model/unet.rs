@@ -13,11 +13,12 @@
 //! This is the raw network F; [`super::precond::EdmPrecond`] wraps it.
 
 use candle_core::{bail, Result, Tensor};
-use candle_nn::{GroupNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::blocks::{conv2d, group_norm, Conv, UNetBlock};
 use super::config::UnetConfig;
 use super::embedding::Mapping;
+use super::ops::group_norm::GroupNorm;
 use super::structure::Structure;
 
 /// What [`DhariwalUnet::forward_traced`] records (the golden files' `intermediates`).
@@ -59,6 +60,9 @@ pub struct DhariwalUnet {
 impl DhariwalUnet {
     /// `vb` is the network's root, i.e. `model` inside an `EDMPrecond` state_dict.
     pub fn new(vb: VarBuilder, cfg: &UnetConfig) -> Result<Self> {
+        if vb.device().is_cpu() {
+            super::ops::tune_cpu_runtime();
+        }
         let s = Structure::new(cfg)?;
         let emb = s.emb_channels;
         let mapping = Mapping::new(
@@ -204,7 +208,7 @@ impl DhariwalUnet {
         }
 
         // 4. Output: GroupNorm → SiLU → 3×3 conv.
-        self.out_conv.forward(&self.out_norm.forward(&x)?.silu()?)
+        self.out_conv.forward(&self.out_norm.forward_silu(&x)?)
     }
 }
 

@@ -113,24 +113,40 @@ impl ModelCard {
             None => (v.clone(), Value::Null),
         };
         let unet = UnetConfig::from_json(&model.to_string()).with_context(|| format!("the network config in {}", path.display()))?;
+        // A trained stage (`relay-stage/1`) keeps its blur settings under `diffusion.loss`.
         let (kind, settings) = match &diffusion {
             Value::String(s) => (Some(s.clone()), Value::Null),
-            Value::Object(o) => (
-                o.get("kind").or_else(|| o.get("type")).and_then(Value::as_str).map(str::to_string),
-                diffusion.clone(),
-            ),
+            Value::Object(o) => {
+                let mut settings = diffusion.clone();
+                if let Some(loss) = o.get("loss") {
+                    merge_json(&mut settings, loss);
+                }
+                (
+                    o.get("kind").or_else(|| o.get("type")).and_then(Value::as_str).map(str::to_string),
+                    settings,
+                )
+            }
             _ => (None, Value::Null),
         };
-        let resolution = v
-            .get("resolution")
-            .and_then(Value::as_u64)
+        let resolution = ["resolution", "to"]
+            .iter()
+            .find_map(|k| diffusion.get(k).and_then(Value::as_u64))
+            .or_else(|| v.get("resolution").and_then(Value::as_u64))
             .map(|r| r as usize)
             .unwrap_or(unet.img_resolution);
+        // Sampler defaults, bare or tagged by sampler (`{"edm": {...}}`, `{"blur": {...}}`).
+        let sampler = match v.get("sampler") {
+            Some(Value::Object(o)) if o.len() == 1 && (o.contains_key("edm") || o.contains_key("blur")) => {
+                o.values().next().cloned().unwrap_or(Value::Null)
+            }
+            Some(other) => other.clone(),
+            None => Value::Null,
+        };
         Ok(Self {
             unet,
             diffusion: kind,
             diffusion_settings: settings,
-            sampler: v.get("sampler").cloned().unwrap_or(Value::Null),
+            sampler,
             resolution,
         })
     }

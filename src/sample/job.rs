@@ -94,6 +94,22 @@ pub struct RowContext {
     pub worker: String,
 }
 
+/// Where a shard's wall time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardTiming {
+    /// In the samplers and the network.
+    pub generate: f64,
+    /// Everything else: PNG encoding, hashing, tar and manifest writing.
+    pub other: f64,
+}
+
+impl std::ops::AddAssign for ShardTiming {
+    fn add_assign(&mut self, o: Self) {
+        self.generate += o.generate;
+        self.other += o.other;
+    }
+}
+
 /// Generate one shard and commit it: the tar first, then the manifest part.
 #[allow(clippy::too_many_arguments)]
 pub fn run_shard(
@@ -105,7 +121,9 @@ pub fn run_shard(
     device: &Device,
     cancel: &crate::stage::Cancel,
     mut on_images: impl FnMut(usize),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ShardTiming> {
+    let started = Instant::now();
+    let mut generate = 0.0;
     let tar_path = out.join(plan.tar_name());
     let mut tar = ShardWriter::create(&tar_path)?;
     std::fs::create_dir_all(out.join(".parts"))?;
@@ -116,7 +134,9 @@ pub fn run_shard(
         let seeds: Vec<u64> = chunk.iter().map(|&(_, s)| s).collect();
         let t0 = Instant::now();
         let g = chain.generate(&seeds, rows.label_mode, device)?;
-        let per_image = t0.elapsed().as_secs_f64() / seeds.len() as f64;
+        let gen_secs = t0.elapsed().as_secs_f64();
+        generate += gen_secs;
+        let per_image = gen_secs / seeds.len() as f64;
         for (j, &(id, seed)) in chunk.iter().enumerate() {
             let png = encode_png(&g.images[j]);
             let sha = crate::util::sha256_hex(&png);
@@ -148,7 +168,8 @@ pub fn run_shard(
     }
     tar.finish()?;
     part.finish()?;
-    Ok(())
+    let total = started.elapsed().as_secs_f64();
+    Ok(ShardTiming { generate, other: total - generate })
 }
 
 /// What the merge found.

@@ -93,8 +93,34 @@ impl std::str::FromStr for Override {
     }
 }
 
+/// `--var name=value` from the command line: replaces a `vars:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarOverride {
+    /// As written (passed on to cluster workers).
+    pub text: String,
+    pub name: String,
+    pub value: Value,
+}
+
+impl std::str::FromStr for VarOverride {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, v) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected name=value"))?;
+        if name.is_empty() {
+            return Err(format!("`{s}`: expected name=value"));
+        }
+        let value = serde_yaml::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.into()));
+        Ok(Self { text: s.to_string(), name: name.to_string(), value })
+    }
+}
+
 /// Load a pipeline file and apply `overrides`.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErrors> {
+    load_with_vars(path, overrides, &[])
+}
+
+/// Load a pipeline file, replace `vars:` entries, and apply `overrides`.
+pub fn load_with_vars(path: &Path, overrides: &[Override], var_overrides: &[VarOverride]) -> Result<PipelineSpec, SpecErrors> {
     let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let source = std::fs::read_to_string(&file).map_err(|e| {
         SpecError::new(&file, format!("cannot read the pipeline file: {e}"))
@@ -136,7 +162,20 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErr
         Some(w) => normalize(&dir.join(w)),
         None => project_root.join("runs").join(&wire.name),
     };
-    let vars = wire.vars.0;
+    let mut vars = wire.vars.0;
+    for v in var_overrides {
+        if !vars.contains_key(&v.name) {
+            let names: Vec<&String> = vars.keys().collect();
+            return Err(SpecError::new("<command line>", format!("`--var {}`: the pipeline has no variable `{}`", v.text, v.name))
+                .hint_opt(
+                    crate::util::did_you_mean(&v.name, &names)
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| Some(format!("variables: {}", vars.keys().cloned().collect::<Vec<_>>().join(", ")))),
+                )
+                .into());
+        }
+        vars.insert(v.name.clone(), v.value.clone());
+    }
     let default_resources = wire.resources.clone().unwrap_or_default();
     if let Some(e) = wire.executor.as_deref().filter(|e| !["local", "slurm"].contains(e)) {
         return Err(SpecError::new(&file, format!("unknown executor `{e}`"))

@@ -176,6 +176,7 @@ impl StageKind for Command {
                     .map(|(k, v)| (k, crate::spec::scalar_string(v))),
             )
             .env("RELAY_OUT", &cx.out)
+            .env("PATH", path_with_relay())
             .env("RELAY_STAGE", &cx.name)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
@@ -212,6 +213,19 @@ impl StageKind for Command {
         }
         Ok(Outcome::default())
     }
+}
+
+/// `PATH` with the folder of the running `relay` binary first, so commands can call `relay`.
+fn path_with_relay() -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// Run the child in its own process group, killed if relay dies (even by SIGKILL).

@@ -190,12 +190,23 @@ impl StageKind for Sample {
             device: cx.device.describe(),
             worker: cx.shard.map(|s| format!("{}/{}", s.index, s.count)).unwrap_or_else(|| "0/1".into()),
         };
+        let mut timing = crate::sample::job::ShardTiming::default();
         for plan in todo {
             cx.progress.message(format!("shard {}", plan.index));
-            run_shard(&chain, plan, &cx.out, p.batch, &rows, &device, &cx.cancel, |n| cx.progress.inc(n as u64))?;
+            timing += run_shard(&chain, plan, &cx.out, p.batch, &rows, &device, &cx.cancel, |n| cx.progress.inc(n as u64))?;
         }
         let mut info = serde_json::Map::new();
         info.insert("seeds".into(), Value::from(p.seeds.len()));
+        info.insert("generate_seconds".into(), Value::from(timing.generate));
+        info.insert("other_seconds".into(), Value::from(timing.other));
+        if left > 0 {
+            cx.progress.log(format!(
+                "{left} images in {:.1} s ({:.2} images/s); {:.1}% of the time outside the samplers (PNG, tar, manifest)",
+                timing.generate + timing.other,
+                left as f64 / (timing.generate + timing.other),
+                100.0 * timing.other / (timing.generate + timing.other).max(1e-9)
+            ));
+        }
         if cx.shard.is_some() {
             // A worker only makes its shards; a run without --shard merges.
             return Ok(Outcome { images: Some(left as u64), info, partial: true });

@@ -51,13 +51,18 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{parse_params, Cancelled, Outcome, ParamError, Params, PlanContext, Resources, StageContext, StageKind};
+use super::{
+    parse_params, Cancelled, Outcome, ParamError, Params, PlanContext, Resources, StageContext,
+    StageKind,
+};
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
 use crate::diffusion::loss::{BlurLoss, EdmLoss};
 use crate::model::config::PRESETS;
 use crate::model::UnetConfig;
-use crate::train::{self, Duration, Objective, SamplerDefaults, TrainCancelled, TrainConfig, World};
+use crate::train::{
+    self, Duration, Objective, SamplerDefaults, TrainCancelled, TrainConfig, World,
+};
 
 pub struct Train;
 
@@ -183,6 +188,16 @@ struct TrainParams {
     bf16: bool,
 }
 
+/// `v > 0` (false for NaN).
+fn positive(v: f64) -> bool {
+    v > 0.0
+}
+
+/// `v ≥ 0` (false for NaN).
+fn non_negative(v: f64) -> bool {
+    v >= 0.0
+}
+
 fn err(key: &str, msg: impl Into<String>) -> ParamError {
     ParamError::new(key, msg)
 }
@@ -216,7 +231,8 @@ impl TrainParams {
                     }
                 }
                 let resolution = self.resolution.ok_or_else(|| {
-                    err("resolution", "an edm stage needs `resolution`").with_hint("e.g. `resolution: 64`")
+                    err("resolution", "an edm stage needs `resolution`")
+                        .with_hint("e.g. `resolution: 64`")
                 })?;
                 if resolution == 0 {
                     return Err(err("resolution", "`resolution` must be positive"));
@@ -228,16 +244,23 @@ impl TrainParams {
             }
             DiffusionKind::Relay => {
                 if self.resolution.is_some() {
-                    return Err(err("resolution", "a relay stage takes `from` and `to`, not `resolution`")
-                        .with_hint("e.g. `from: 64, to: 256`"));
+                    return Err(err(
+                        "resolution",
+                        "a relay stage takes `from` and `to`, not `resolution`",
+                    )
+                    .with_hint("e.g. `from: 64, to: 256`"));
                 }
                 let (Some(from), Some(to)) = (self.from, self.to) else {
                     let k = if self.from.is_none() { "from" } else { "to" };
-                    return Err(err(k, "a relay stage needs `from` and `to`").with_hint("e.g. `from: 64, to: 256`"));
+                    return Err(err(k, "a relay stage needs `from` and `to`")
+                        .with_hint("e.g. `from: 64, to: 256`"));
                 };
-                if from == 0 || to <= from || to % from != 0 {
-                    return Err(err("to", format!("`to` ({to}) must be a multiple of `from` ({from}) above it"))
-                        .with_hint("relay stages upsample by an integer factor, e.g. 64 → 256"));
+                if from == 0 || to <= from || !to.is_multiple_of(from) {
+                    return Err(err(
+                        "to",
+                        format!("`to` ({to}) must be a multiple of `from` ({from}) above it"),
+                    )
+                    .with_hint("relay stages upsample by an integer factor, e.g. 64 → 256"));
                 }
                 let factor = to / from;
                 let up_scale = self.up_scale.unwrap_or(factor);
@@ -246,7 +269,9 @@ impl TrainParams {
                         "up_scale",
                         format!("`up_scale` {up_scale} differs from to/from = {factor}"),
                     )
-                    .with_hint("the DCT patch size is the upsampling factor (RDM_NOTES §3); leave it out"));
+                    .with_hint(
+                        "the DCT patch size is the upsampling factor (RDM_NOTES §3); leave it out",
+                    ));
                 }
                 let d = BlurLoss::default();
                 let prob_length = self.prob_length.unwrap_or(d.prob_length);
@@ -256,7 +281,10 @@ impl TrainParams {
                 let block_scale = self.block_scale.unwrap_or(d.block_scale);
                 let blur_sigma_max = self.blur_sigma_max.unwrap_or(d.blur_sigma_max);
                 if block_scale < 0.0 || blur_sigma_max < 0.0 {
-                    return Err(err("block_scale", "`block_scale` and `blur_sigma_max` must be ≥ 0"));
+                    return Err(err(
+                        "block_scale",
+                        "`block_scale` and `blur_sigma_max` must be ≥ 0",
+                    ));
                 }
                 Ok(Objective::Relay {
                     from,
@@ -279,7 +307,12 @@ impl TrainParams {
         let given = match &self.sampler {
             None | Some(serde_yaml::Value::Null) => serde_yaml::Mapping::new(),
             Some(serde_yaml::Value::Mapping(m)) => m.clone(),
-            Some(_) => return Err(err("sampler", "`sampler` must be a mapping of sampler settings")),
+            Some(_) => {
+                return Err(err(
+                    "sampler",
+                    "`sampler` must be a mapping of sampler settings",
+                ))
+            }
         };
         let prefix = |mut e: ParamError| {
             e.key = Some(match e.key {
@@ -290,7 +323,8 @@ impl TrainParams {
         };
         match objective {
             Objective::Edm { .. } => {
-                let mut s: EdmSamplerConfig = parse_params(&serde_yaml::Value::Mapping(given)).map_err(prefix)?;
+                let mut s: EdmSamplerConfig =
+                    parse_params(&serde_yaml::Value::Mapping(given)).map_err(prefix)?;
                 s.s_max = finite(s.s_max);
                 Ok(SamplerDefaults::Edm(s))
             }
@@ -303,9 +337,13 @@ impl TrainParams {
                 default("blur_sigma_max", loss.blur_sigma_max.into());
                 default("truncation_t", loss.prob_length.into());
                 default("s_block", loss.block_scale.into());
-                let mut s: BlurSamplerConfig = parse_params(&serde_yaml::Value::Mapping(m)).map_err(prefix)?;
+                let mut s: BlurSamplerConfig =
+                    parse_params(&serde_yaml::Value::Mapping(m)).map_err(prefix)?;
                 if s.up_scale != loss.up_scale {
-                    return Err(err("sampler.up_scale", "the sampler's up_scale differs from the stage's"));
+                    return Err(err(
+                        "sampler.up_scale",
+                        "the sampler's up_scale differs from the stage's",
+                    ));
                 }
                 if let Some(c) = s.churn.as_mut() {
                     c.s_max = finite(c.s_max);
@@ -326,18 +364,27 @@ impl TrainParams {
                 return Err(err("steps", "give `steps` or `duration_kimg`, not both"));
             }
             (None, None) => {
-                return Err(err("steps", "give the length as `steps` or `duration_kimg`"))
+                return Err(err(
+                    "steps",
+                    "give the length as `steps` or `duration_kimg`",
+                ))
             }
             _ => return Err(err("steps", "the length must be positive")),
         };
         let micro_batch = self.micro_batch.unwrap_or(self.batch);
-        if self.batch == 0 || micro_batch == 0 || self.batch % micro_batch != 0 {
+        if self.batch == 0 || micro_batch == 0 || !self.batch.is_multiple_of(micro_batch) {
             return Err(err(
                 "micro_batch",
-                format!("`batch` ({}) must be a positive multiple of `micro_batch` ({micro_batch})", self.batch),
+                format!(
+                    "`batch` ({}) must be a positive multiple of `micro_batch` ({micro_batch})",
+                    self.batch
+                ),
             ));
         }
-        if !(self.lr > 0.0) || !(self.eps > 0.0) || self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+        if !positive(self.lr)
+            || !positive(self.eps)
+            || self.betas.iter().any(|b| !(0.0..1.0).contains(b))
+        {
             return Err(err("lr", "need lr > 0, eps > 0 and betas in [0, 1)"));
         }
         for (k, v) in [
@@ -345,31 +392,45 @@ impl TrainParams {
             ("ema_halflife_kimg", self.ema_halflife_kimg),
             ("loss_scaling", self.loss_scaling),
         ] {
-            if !(v >= 0.0) {
+            if !non_negative(v) {
                 return Err(err(k, format!("`{k}` must be ≥ 0")));
             }
         }
-        for (k, v) in [("tick_kimg", self.tick_kimg), ("snapshot_kimg", self.snapshot_kimg)] {
-            if !(v > 0.0) {
+        for (k, v) in [
+            ("tick_kimg", self.tick_kimg),
+            ("snapshot_kimg", self.snapshot_kimg),
+        ] {
+            if !positive(v) {
                 return Err(err(k, format!("`{k}` must be > 0")));
             }
         }
         if self.keep_snapshots == 0 {
-            return Err(err("keep_snapshots", "keep at least one snapshot (the resume point)"));
+            return Err(err(
+                "keep_snapshots",
+                "keep at least one snapshot (the resume point)",
+            ));
         }
-        if matches!(self.grad_clip, Some(c) if !(c > 0.0)) {
-            return Err(err("grad_clip", "`grad_clip` must be > 0 (or null for no clipping)"));
+        if matches!(self.grad_clip, Some(c) if !positive(c)) {
+            return Err(err(
+                "grad_clip",
+                "`grad_clip` must be > 0 (or null for no clipping)",
+            ));
         }
-        if matches!(self.loss_divisor, Some(d) if !(d > 0.0)) {
+        if matches!(self.loss_divisor, Some(d) if !positive(d)) {
             return Err(err("loss_divisor", "`loss_divisor` must be > 0"));
         }
         if self.preview_images > 0 && self.preview_steps == 0 {
             return Err(err("preview_steps", "`preview_steps` must be ≥ 1"));
         }
         if self.bf16 && !cfg!(feature = "cuda") {
-            return Err(err("bf16", "bf16 training needs a CUDA build").with_hint("build relay with `--features cuda`, or set `bf16: false`"));
+            return Err(err("bf16", "bf16 training needs a CUDA build")
+                .with_hint("build relay with `--features cuda`, or set `bf16: false`"));
         }
-        let mut model = if model.img_resolution == res { model } else { model.with_resolution(res) };
+        let mut model = if model.img_resolution == res {
+            model
+        } else {
+            model.with_resolution(res)
+        };
         model.label_dim = label_dim;
         if let Some(p) = self.dropout {
             model.dropout = p;
@@ -377,13 +438,16 @@ impl TrainParams {
         if let Some(p) = self.label_dropout {
             model.label_dropout = p;
         }
-        for (k, p) in [("dropout", model.dropout), ("label_dropout", model.label_dropout)] {
+        for (k, p) in [
+            ("dropout", model.dropout),
+            ("label_dropout", model.label_dropout),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(err(k, format!("`{k}` must be in [0, 1)")));
             }
         }
         let m = model.size_multiple();
-        if res % m != 0 {
+        if !res.is_multiple_of(m) {
             return Err(err(
                 if self.diffusion == DiffusionKind::Edm { "resolution" } else { "to" },
                 format!("the model has {} levels, so the training side must be a multiple of {m}; got {res}", model.levels()),
@@ -407,7 +471,9 @@ impl TrainParams {
             ema_rampup_ratio: self.ema_rampup_ratio,
             grad_clip: self.grad_clip,
             loss_scaling: self.loss_scaling,
-            loss_divisor: self.loss_divisor.unwrap_or_else(|| TrainConfig::reference_divisor(res)),
+            loss_divisor: self
+                .loss_divisor
+                .unwrap_or_else(|| TrainConfig::reference_divisor(res)),
             xflip: self.xflip,
             shuffle_buffer: self.shuffle_buffer.max(1),
             tick_kimg: self.tick_kimg,
@@ -427,7 +493,11 @@ fn load_model(name: &str, base: &Path) -> anyhow::Result<UnetConfig> {
         return Ok(UnetConfig::preset(name)?);
     }
     let p = Path::new(name);
-    let p = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     UnetConfig::from_name_or_path(&p.to_string_lossy()).with_context(|| format!("model `{name}`"))
 }
 
@@ -465,12 +535,19 @@ impl StageKind for Train {
         if PRESETS.contains(&p.model.as_str()) {
             let model = UnetConfig::preset(&p.model).map_err(|e| err("model", e.to_string()))?;
             // The class count is known only once the data is read; any positive one checks the rest.
-            let label_dim = if p.cond { p.classes.unwrap_or(model.label_dim.max(1)) } else { 0 };
+            let label_dim = if p.cond {
+                p.classes.unwrap_or(model.label_dim.max(1))
+            } else {
+                0
+            };
             p.resolve(model, label_dim)?;
         } else {
             p.objective()?;
             if p.model.trim().is_empty() {
-                return Err(err("model", "`model` is empty").with_hint(format!("a preset ({}) or a config.json path", PRESETS.join(", "))));
+                return Err(err("model", "`model` is empty").with_hint(format!(
+                    "a preset ({}) or a config.json path",
+                    PRESETS.join(", ")
+                )));
             }
         }
         Ok(())
@@ -481,7 +558,11 @@ impl StageKind for Train {
     fn resources(&self, _with: &Params) -> Resources {
         Resources { gpu: true }
     }
-    fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<serde_json::Value> {
+    fn fingerprint_extra(
+        &self,
+        cx: &PlanContext<'_>,
+        with: &Params,
+    ) -> anyhow::Result<serde_json::Value> {
         let p: TrainParams = parse_params(with)?;
         if PRESETS.contains(&p.model.as_str()) {
             return Ok(serde_json::Value::Null);
@@ -495,7 +576,11 @@ impl StageKind for Train {
         let input = cx.single_input()?;
         let objective = p.objective()?;
         // An early, clear error when the pairs lack a resolution this stage needs.
-        if let Some(levels) = input.params.get("resolutions").and_then(|v| v.as_sequence()) {
+        if let Some(levels) = input
+            .params
+            .get("resolutions")
+            .and_then(|v| v.as_sequence())
+        {
             let have: Vec<u64> = levels.iter().filter_map(|v| v.as_u64()).collect();
             let need: Vec<usize> = match objective {
                 Objective::Edm { resolution, .. } => vec![resolution],
@@ -528,11 +613,21 @@ impl StageKind for Train {
                 )
             })?
         };
-        let cfg = p.resolve(model, label_dim).map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
+        let cfg = p
+            .resolve(model, label_dim)
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
         let device = cx.device.device()?;
         let world = World::from_env()?;
         std::fs::create_dir_all(&cx.out)?;
-        let summary = match train::train(&cfg, &input.dir, &cx.out, &device, &cx.device.describe(), world, &StageMonitor(cx)) {
+        let summary = match train::train(
+            &cfg,
+            &input.dir,
+            &cx.out,
+            &device,
+            &cx.device.describe(),
+            world,
+            &StageMonitor(cx),
+        ) {
             Ok(s) => s,
             Err(e) if e.downcast_ref::<TrainCancelled>().is_some() => {
                 cx.progress.log(format!("{e:#}"));
@@ -570,25 +665,55 @@ mod tests {
 
     #[test]
     fn parameter_checks() {
-        check("{diffusion: edm, resolution: 64, model: adm-64, batch: 512, duration_kimg: 1000}").unwrap();
+        check("{diffusion: edm, resolution: 64, model: adm-64, batch: 512, duration_kimg: 1000}")
+            .unwrap();
         check("{diffusion: relay, from: 64, to: 256, model: adm-256, batch: 8, steps: 3}").unwrap();
-        let e = check("{diffusion: relay, from: 64, to: 200, model: tiny, batch: 8, steps: 3}").unwrap_err();
+        let e = check("{diffusion: relay, from: 64, to: 200, model: tiny, batch: 8, steps: 3}")
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("to"));
         let e = check("{diffusion: edm, model: tiny, batch: 8, steps: 3}").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("resolution"));
-        let e = check("{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 3, up_scale: 4}").unwrap_err();
+        let e =
+            check("{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 3, up_scale: 4}")
+                .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("up_scale"));
         let e = check("{diffusion: edm, resolution: 16, model: tiny, batch: 8}").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("steps"));
-        let e = check("{diffusion: edm, resolution: 16, model: tiny, batch: 8, micro_batch: 3, steps: 1}").unwrap_err();
+        let e = check(
+            "{diffusion: edm, resolution: 16, model: tiny, batch: 8, micro_batch: 3, steps: 1}",
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("micro_batch"));
-        let e = check("{diffusion: edm, resolution: 18, model: tiny, batch: 8, steps: 1}").unwrap_err();
+        let e =
+            check("{diffusion: edm, resolution: 18, model: tiny, batch: 8, steps: 1}").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("resolution"));
         let e = check("{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 1, sampler: {num_step: 3}}")
             .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("sampler.num_step"));
-        let e = check("{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 1, lr_rampup_kmg: 3}").unwrap_err();
+        let e = check(
+            "{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 1, lr_rampup_kmg: 3}",
+        )
+        .unwrap_err();
         assert_eq!(e.hint.as_deref(), Some("did you mean `lr_rampup_kimg`?"));
+    }
+
+    /// Every template under `stages/` with `kind: train` passes the checks.
+    #[test]
+    fn templates_check() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let t: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if t["kind"] == "train" {
+                Train
+                    .check(&t["with"])
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "{n} train templates");
     }
 
     /// The relay sampler's blur schedule follows the stage's training schedule unless set.
@@ -603,14 +728,23 @@ mod tests {
         )
         .unwrap();
         let cfg = p.resolve(UnetConfig::tiny(), 0).unwrap();
-        let SamplerDefaults::Blur(s) = &cfg.sampler else { panic!() };
-        assert_eq!((s.num_steps, s.up_scale, s.blur_sigma_max, s.truncation_t), (150, 4, 2.0, 1.05));
+        let SamplerDefaults::Blur(s) = &cfg.sampler else {
+            panic!()
+        };
+        assert_eq!(
+            (s.num_steps, s.up_scale, s.blur_sigma_max, s.truncation_t),
+            (150, 4, 2.0, 1.05)
+        );
         // JSON round trip (S_max = ∞ is stored as f64::MAX).
         let text = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), cfg);
-        let p: TrainParams =
-            parse_params(&serde_yaml::from_str("{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 1}").unwrap())
-                .unwrap();
+        let p: TrainParams = parse_params(
+            &serde_yaml::from_str(
+                "{diffusion: edm, resolution: 16, model: tiny, batch: 8, steps: 1}",
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let cfg = p.resolve(UnetConfig::tiny(), 0).unwrap();
         let text = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), cfg);

@@ -132,7 +132,7 @@ impl TrainConfig {
         self.model.validate()?;
         let res = self.objective.train_resolution();
         let m = self.model.size_multiple();
-        if res % m != 0 {
+        if !res.is_multiple_of(m) {
             bail!(
                 "the model has {} levels, so the training resolution must be a multiple of {m}; got {res}",
                 self.model.levels()
@@ -141,7 +141,7 @@ impl TrainConfig {
         if self.batch == 0 || self.micro_batch == 0 {
             bail!("batch and micro_batch must be positive");
         }
-        if self.batch % (self.micro_batch * world) != 0 {
+        if !self.batch.is_multiple_of(self.micro_batch * world) {
             bail!(
                 "batch {} is not a multiple of micro_batch {} × world size {world}",
                 self.batch,
@@ -207,12 +207,16 @@ pub const STAGE_FORMAT: &str = "relay-stage/1";
 
 impl StageConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let cfg: Self = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a trained stage's config.json", path.display()))?;
         if cfg.format != STAGE_FORMAT {
-            bail!("{}: unknown format `{}` (expected {STAGE_FORMAT})", path.display(), cfg.format);
+            bail!(
+                "{}: unknown format `{}` (expected {STAGE_FORMAT})",
+                path.display(),
+                cfg.format
+            );
         }
         cfg.model.validate()?;
         Ok(cfg)
@@ -228,7 +232,12 @@ pub fn load_stage_dir(
 ) -> anyhow::Result<(EdmPrecond, StageConfig)> {
     let dir = dir.as_ref();
     let cfg = StageConfig::load(&dir.join(checkpoint::CONFIG_FILE))?;
-    let vb = checkpoint::load_weights(dir.join(checkpoint::WEIGHTS_FILE), &cfg.model, dtype, device)?;
+    let vb = checkpoint::load_weights(
+        dir.join(checkpoint::WEIGHTS_FILE),
+        &cfg.model,
+        dtype,
+        device,
+    )?;
     let net = EdmPrecond::new(vb, &cfg.model)?;
     Ok((net, cfg))
 }

@@ -83,11 +83,15 @@ impl Epoch {
         let ordered: Vec<PathBuf> = order.iter().map(|&i| shards[i as usize].clone()).collect();
         let field = format!("{}.png", spec.side);
         let samples = ordered.into_iter().flat_map(move |path| {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let field = field.clone();
             let it: Samples = match read_shard(&path) {
                 Ok(it) => Box::new(it.map(move |s| {
-                    let s = s.with_context(|| format!("reading training shard `{}`", path.display()))?;
+                    let s =
+                        s.with_context(|| format!("reading training shard `{}`", path.display()))?;
                     Ok((name.clone(), keep_fields(s, &field)))
                 })),
                 Err(e) => Box::new(std::iter::once(Err(anyhow::Error::new(e)
@@ -136,9 +140,17 @@ impl PairLoader {
                 spec.dir.display()
             );
         }
-        let shards: Vec<PathBuf> = all.into_iter().skip(spec.rank).step_by(spec.world).collect();
+        let shards: Vec<PathBuf> = all
+            .into_iter()
+            .skip(spec.rank)
+            .step_by(spec.world)
+            .collect();
         if shards.is_empty() {
-            bail!("rank {} of {} has no shard to read: make more shards than ranks", spec.rank, spec.world);
+            bail!(
+                "rank {} of {} has no shard to read: make more shards than ranks",
+                spec.rank,
+                spec.world
+            );
         }
         let mut epoch = Epoch::open(&shards, &spec, pos.epoch);
         for i in 0..pos.taken {
@@ -172,7 +184,10 @@ impl PairLoader {
                 return Ok((shard, s, at));
             }
             if self.pos.taken == 0 {
-                bail!("the training shards in `{}` hold no samples", self.spec.dir.display());
+                bail!(
+                    "the training shards in `{}` hold no samples",
+                    self.spec.dir.display()
+                );
             }
             self.pos = DataPosition {
                 epoch: self.pos.epoch + 1,
@@ -207,7 +222,8 @@ impl PairLoader {
                     img.height()
                 );
             }
-            let flip = self.spec.xflip && mix(&[self.spec.seed, at.epoch, at.taken, 0xF11F]) & 1 == 1;
+            let flip =
+                self.spec.xflip && mix(&[self.spec.seed, at.epoch, at.taken, 0xF11F]) & 1 == 1;
             let raw = img.as_raw();
             for c in 0..3 {
                 for y in 0..side {
@@ -231,7 +247,8 @@ impl PairLoader {
                 classes.push(label as usize);
             }
         }
-        let images = Tensor::from_vec(values, (n, 3, side, side), &Device::Cpu)?.to_device(device)?;
+        let images =
+            Tensor::from_vec(values, (n, 3, side, side), &Device::Cpu)?.to_device(device)?;
         Ok(Batch { images, classes })
     }
 }
@@ -247,7 +264,11 @@ fn list_members(s: &ShardSample) -> String {
 
 /// The first `n` samples of the first shard (in archive order), decoded at `side`: fixed
 /// inputs for the relay stage's preview grids.
-pub fn first_images(dir: &Path, side: usize, n: usize) -> anyhow::Result<Vec<(Vec<f32>, Option<i64>)>> {
+pub fn first_images(
+    dir: &Path,
+    side: usize,
+    n: usize,
+) -> anyhow::Result<Vec<(Vec<f32>, Option<i64>)>> {
     let shards = list_shards(dir)?;
     let Some(first) = shards.first() else {
         bail!("no .tar shards in `{}`", dir.display())
@@ -258,11 +279,18 @@ pub fn first_images(dir: &Path, side: usize, n: usize) -> anyhow::Result<Vec<(Ve
         let s = s?;
         let what = format!("{}#{}", first.display(), s.key);
         let Some(bytes) = s.get(&field) else {
-            bail!("`{what}` has no `{field}` member; the pairs hold {}", list_members(&s))
+            bail!(
+                "`{what}` has no `{field}` member; the pairs hold {}",
+                list_members(&s)
+            )
         };
         let img = decode_rgb(bytes, &what)?;
         if img.width() as usize != side || img.height() as usize != side {
-            bail!("`{what}`: `{field}` is {}x{}, expected {side}x{side}", img.width(), img.height());
+            bail!(
+                "`{what}`: `{field}` is {}x{}, expected {side}x{side}",
+                img.width(),
+                img.height()
+            );
         }
         let mut v = Vec::with_capacity(3 * side * side);
         let raw = img.as_raw();
@@ -276,14 +304,24 @@ pub fn first_images(dir: &Path, side: usize, n: usize) -> anyhow::Result<Vec<(Ve
     Ok(out)
 }
 
-/// The largest `.cls` label in the shards + 1 (the class count when none is given), or
-/// `None` when no sample has a label. Reads every shard.
+/// The largest label + 1 (the class count when none is given), or `None` when no sample
+/// has one: from the `label` column of the pairs' `manifest.parquet` when there is one,
+/// else by reading every shard's `.cls`.
 pub fn count_classes(dir: &Path) -> anyhow::Result<Option<usize>> {
+    let manifest = dir.join(crate::data::prep::MANIFEST_FILE);
     let mut max: Option<i64> = None;
+    let mut see = |l: i64| max = Some(max.map_or(l, |m: i64| m.max(l)));
+    if manifest.is_file() {
+        let (columns, rows) = crate::manifest::read_rows(&manifest)?;
+        if let Some(i) = columns.iter().position(|c| c == "label") {
+            rows.iter().filter_map(|r| r[i].as_i64()).for_each(&mut see);
+            return Ok(max.map(|m| (m + 1).max(1) as usize));
+        }
+    }
     for shard in list_shards(dir)? {
         for s in read_shard(&shard)? {
             if let Some(l) = s?.label() {
-                max = Some(max.map_or(l, |m| m.max(l)));
+                see(l);
             }
         }
     }
@@ -305,8 +343,11 @@ mod tests {
                 let img = RgbImage::from_fn(4, 4, |x, _| image::Rgb([id, x as u8 * 60, 0]));
                 let png = encode_png(&img);
                 let cls = format!("{}", id % 3);
-                w.write_sample(&format!("{:08}", s * per + i), &[("4.png", &png), ("cls", cls.as_bytes())])
-                    .unwrap();
+                w.write_sample(
+                    &format!("{:08}", s * per + i),
+                    &[("4.png", &png), ("cls", cls.as_bytes())],
+                )
+                .unwrap();
             }
             w.finish().unwrap();
         }
@@ -353,7 +394,12 @@ mod tests {
         let mut b = PairLoader::open(spec(dir.path()), pos).unwrap();
         let again = b.next_batch(9, &dev).unwrap();
         let x = rest.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let y = again.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = again
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(x, y);
         assert_eq!(rest.classes, again.classes);
     }
@@ -372,7 +418,10 @@ mod tests {
         s.side = 8;
         let mut l = PairLoader::open(s.clone(), DataPosition::default()).unwrap();
         let e = l.next_batch(1, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("no `8.png` member; the pairs hold `4.png`"), "{e}");
+        assert!(
+            e.contains("no `8.png` member; the pairs hold `4.png`"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let mut w = ShardWriter::create(&dir.path().join("pairs-000000.tar")).unwrap();
         w.write_sample("00000000", &[("8.png", &png)]).unwrap();

@@ -30,7 +30,10 @@ pub fn bucket_names() -> Vec<String> {
 }
 
 fn bucket(sigma: f64) -> usize {
-    SIGMA_EDGES.iter().position(|&e| sigma < e).unwrap_or(SIGMA_EDGES.len())
+    SIGMA_EDGES
+        .iter()
+        .position(|&e| sigma < e)
+        .unwrap_or(SIGMA_EDGES.len())
 }
 
 /// Sums over the current tick.
@@ -83,7 +86,14 @@ pub struct LogRow {
 }
 
 impl LogRow {
-    pub fn from_tick(acc: &TickAcc, step: u64, nimg: u64, lr: f64, tick_seconds: f64, wall: f64) -> Self {
+    pub fn from_tick(
+        acc: &TickAcc,
+        step: u64,
+        nimg: u64,
+        lr: f64,
+        tick_seconds: f64,
+        wall: f64,
+    ) -> Self {
         let mut loss_buckets = [None; BUCKETS];
         for (b, slot) in loss_buckets.iter_mut().enumerate() {
             if acc.bucket_count[b] > 0 {
@@ -119,8 +129,16 @@ pub fn write_parquet(rows: &[LogRow], path: &Path) -> anyhow::Result<()> {
     let mut w = TableWriter::create(path, schema)?;
     for r in rows {
         let mut row = vec![Cell::U64(r.step), Cell::F64(r.kimg), Cell::F64(r.loss)];
-        row.extend(r.loss_buckets.iter().map(|b| b.map_or(Cell::Null, Cell::F64)));
-        row.extend([Cell::F64(r.images_per_sec), Cell::F64(r.lr), Cell::F64(r.wall_seconds)]);
+        row.extend(
+            r.loss_buckets
+                .iter()
+                .map(|b| b.map_or(Cell::Null, Cell::F64)),
+        );
+        row.extend([
+            Cell::F64(r.images_per_sec),
+            Cell::F64(r.lr),
+            Cell::F64(r.wall_seconds),
+        ]);
         w.push(row)?;
     }
     w.finish()?;
@@ -176,7 +194,12 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64) {
                 if bits & (0b100 >> col) != 0 {
                     for dy in 0..scale {
                         for dx in 0..scale {
-                            put(img, x + (i as i64 * 4 + col) * scale + dx, y + row as i64 * scale + dy, [60, 60, 60]);
+                            put(
+                                img,
+                                x + (i as i64 * 4 + col) * scale + dx,
+                                y + row as i64 * scale + dy,
+                                [60, 60, 60],
+                            );
                         }
                     }
                 }
@@ -233,16 +256,34 @@ pub fn plot(rows: &[LogRow]) -> RgbImage {
     let (x0, x1) = (LEFT as i64, (W - RIGHT) as i64);
     let (y0, y1) = (TOP as i64, (H - BOTTOM) as i64);
     // Frame.
-    for (a, b) in [((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))] {
+    for (a, b) in [
+        ((x0, y0), (x1, y0)),
+        ((x1, y0), (x1, y1)),
+        ((x1, y1), (x0, y1)),
+        ((x0, y1), (x0, y0)),
+    ] {
         line(&mut img, a, b, [180, 180, 180]);
     }
-    let values = rows.iter().flat_map(|r| std::iter::once(r.loss).chain(r.loss_buckets.iter().flatten().copied()));
+    let values = rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.loss).chain(r.loss_buckets.iter().flatten().copied()));
     let positive: Vec<f64> = values.filter(|v| v.is_finite() && *v > 0.0).collect();
     if rows.is_empty() || positive.is_empty() {
         return img;
     }
-    let lo = positive.iter().cloned().fold(f64::INFINITY, f64::min).log10().floor();
-    let hi = positive.iter().cloned().fold(f64::NEG_INFINITY, f64::max).log10().ceil().max(lo + 1.0);
+    let lo = positive
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .log10()
+        .floor();
+    let hi = positive
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
     let kmax = rows.last().map_or(1.0, |r| r.kimg).max(1e-9);
     let px = |k: f64| x0 + ((k / kmax) * (x1 - x0) as f64).round() as i64;
     let py = |v: f64| y1 - (((v.log10() - lo) / (hi - lo)) * (y1 - y0) as f64).round() as i64;

@@ -32,7 +32,9 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use config::{load_stage_dir, Cost, Duration, Objective, SamplerDefaults, StageConfig, TrainConfig};
+pub use config::{
+    load_stage_dir, Cost, Duration, Objective, SamplerDefaults, StageConfig, TrainConfig,
+};
 pub use trainer::{train, TrainSummary};
 
 /// Progress and cancellation of a training run.
@@ -83,16 +85,15 @@ impl World {
     /// `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (torchrun), else `SLURM_PROCID` / `SLURM_NTASKS` /
     /// `SLURM_LOCALID`, else one process.
     pub fn from_env() -> anyhow::Result<Self> {
-        let get = |k: &str| -> anyhow::Result<Option<usize>> {
-            match std::env::var(k) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| anyhow::anyhow!("environment variable {k}={v:?} is not a number")),
-                Err(_) => Ok(None),
-            }
-        };
+        let get =
+            |k: &str| -> anyhow::Result<Option<usize>> {
+                match std::env::var(k) {
+                    Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+                        anyhow::anyhow!("environment variable {k}={v:?} is not a number")
+                    }),
+                    Err(_) => Ok(None),
+                }
+            };
         let pick = |a: &str, b: &str| -> anyhow::Result<Option<usize>> { Ok(get(a)?.or(get(b)?)) };
         let w = Self {
             rank: pick("RANK", "SLURM_PROCID")?.unwrap_or(0),

@@ -59,10 +59,18 @@ struct SeededInitRef(Arc<SeededInit>);
 fn init_values(shape: &Shape, init: Init, stream: &mut Stream) -> Vec<f64> {
     let n = shape.elem_count();
     let normal = |stream: &mut Stream, mean: f64, std: f64| -> Vec<f64> {
-        stream.normal(n).into_iter().map(|z| mean + std * z).collect()
+        stream
+            .normal(n)
+            .into_iter()
+            .map(|z| mean + std * z)
+            .collect()
     };
     let uniform = |stream: &mut Stream, lo: f64, up: f64| -> Vec<f64> {
-        stream.uniform(n).into_iter().map(|u| lo + (up - lo) * u).collect()
+        stream
+            .uniform(n)
+            .into_iter()
+            .map(|u| lo + (up - lo) * u)
+            .collect()
     };
     match init {
         Init::Const(c) => vec![c; n],
@@ -163,7 +171,11 @@ pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
 pub fn global_norm(grads: &TensorMap) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.values() {
-        sum += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sum += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(sum.sqrt())
 }
@@ -189,8 +201,14 @@ impl Adam {
             beta2: betas[1],
             eps,
             t: 0,
-            m: vars.iter().map(|(k, v)| Ok((k.clone(), zeros(v)?))).collect::<Result<_>>()?,
-            v: vars.iter().map(|(k, v)| Ok((k.clone(), zeros(v)?))).collect::<Result<_>>()?,
+            m: vars
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), zeros(v)?)))
+                .collect::<Result<_>>()?,
+            v: vars
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), zeros(v)?)))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -206,7 +224,8 @@ impl Adam {
                 bail!("no gradient for {name}: the weight is not used by the loss")
             };
             let m = (self.m[name].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
-            let v = (self.v[name].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let v = (self.v[name].affine(self.beta2, 0.0)?
+                + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
             let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), self.eps)?;
             let update = (m.div(&denom)?).affine(lr / bc1, 0.0)?;
             var.set(&(var.as_tensor().detach() - update)?)?;
@@ -227,7 +246,11 @@ pub struct Ema {
 }
 
 impl Ema {
-    pub fn new(vars: &BTreeMap<String, Var>, halflife_kimg: f64, rampup_ratio: Option<f64>) -> Result<Self> {
+    pub fn new(
+        vars: &BTreeMap<String, Var>,
+        halflife_kimg: f64,
+        rampup_ratio: Option<f64>,
+    ) -> Result<Self> {
         Ok(Self {
             halflife_kimg,
             rampup_ratio,
@@ -277,7 +300,10 @@ mod tests {
         let grads = BTreeMap::from([("p".to_string(), var.as_tensor().detach().copy()?)]);
         adam.step(&vars, &grads, 0.1)?;
         let p = var.as_tensor().to_vec1::<f32>()?;
-        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6,
+            "{p:?}"
+        );
         assert_eq!(adam.t, 1);
         Ok(())
     }
@@ -301,7 +327,10 @@ mod tests {
 
     #[test]
     fn nan_to_num_matches_torch() -> Result<()> {
-        let g = Tensor::new(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5], &Device::Cpu)?;
+        let g = Tensor::new(
+            &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5],
+            &Device::Cpu,
+        )?;
         assert_eq!(nan_to_num(&g)?.to_vec1::<f32>()?, vec![0.0, 1e5, -1e5, 2.5]);
         Ok(())
     }

@@ -37,7 +37,9 @@ fn tiles(x: &Tensor) -> candle_core::Result<Vec<RgbImage>> {
         .map(|i| {
             RgbImage::from_fn(w as u32, h as u32, |px, py| {
                 let p = py as usize * w + px as usize;
-                let c = |ch: usize| (v[(i * 3 + ch) * plane + p] * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
+                let c = |ch: usize| {
+                    (v[(i * 3 + ch) * plane + p] * 127.5 + 128.0).clamp(0.0, 255.0) as u8
+                };
                 image::Rgb([c(0), c(1), c(2)])
             })
         })
@@ -96,7 +98,9 @@ pub fn preview(
             let out = edm_sampler(net, &latents, labels.as_ref(), &scfg, &mut noise, None)?;
             let t = tiles(&out.x)?;
             let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
-            Ok(grid(&t.chunks(cols).map(<[RgbImage]>::to_vec).collect::<Vec<_>>()))
+            Ok(grid(
+                &t.chunks(cols).map(<[RgbImage]>::to_vec).collect::<Vec<_>>(),
+            ))
         }
         (Objective::Relay { from, to, .. }, SamplerDefaults::Blur(s), Some(inputs)) => {
             let scfg = BlurSamplerConfig {
@@ -109,7 +113,11 @@ pub fn preview(
                 _ => None,
             };
             let out = blur_sampler(net, &latents, labels.as_ref(), &scfg, &mut noise, None)?;
-            Ok(grid(&[tiles(&latents)?, tiles(&out.x)?, tiles(&inputs.high)?]))
+            Ok(grid(&[
+                tiles(&latents)?,
+                tiles(&out.x)?,
+                tiles(&inputs.high)?,
+            ]))
         }
         _ => anyhow::bail!("preview: the sampler defaults do not match the objective"),
     }

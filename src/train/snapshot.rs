@@ -77,10 +77,17 @@ fn sync_file(path: &Path) -> anyhow::Result<()> {
 
 /// Write the EMA weights as the reference state_dict (plus the constant resample buffers).
 pub fn write_weights(ema: &TensorMap, model: &UnetConfig, path: &Path) -> anyhow::Result<()> {
-    let device = ema.values().next().map_or(Device::Cpu, |t| t.device().clone());
-    let mut tensors: HashMap<String, Tensor> = ema.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let device = ema
+        .values()
+        .next()
+        .map_or(Device::Cpu, |t| t.device().clone());
+    let mut tensors: HashMap<String, Tensor> =
+        ema.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     tensors.extend(checkpoint::buffers(model, &device)?);
-    checkpoint::check_keys(tensors.iter().map(|(k, v)| (k.as_str(), v.dims().to_vec())), model)?;
+    checkpoint::check_keys(
+        tensors.iter().map(|(k, v)| (k.as_str(), v.dims().to_vec())),
+        model,
+    )?;
     candle_core::safetensors::save(&tensors, path)
         .with_context(|| format!("cannot write `{}`", path.display()))
 }
@@ -160,7 +167,10 @@ pub fn write(dir: &Path, snap: &Snapshot<'_>, keep: usize) -> anyhow::Result<Pat
             Some(p) => format!("the last good snapshot `{}` is intact", p.display()),
             None => "there is no earlier snapshot".to_string(),
         };
-        return Err(e.context(format!("writing snapshot at step {} failed; {hint}", snap.state.step)));
+        return Err(e.context(format!(
+            "writing snapshot at step {} failed; {hint}",
+            snap.state.step
+        )));
     }
     let all = list(dir)?;
     for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -193,7 +203,8 @@ fn write_files(tmp: &Path, snap: &Snapshot<'_>) -> anyhow::Result<()> {
 
     if let Some(img) = snap.samples {
         let p = tmp.join(SAMPLES_PNG);
-        img.save(&p).with_context(|| format!("cannot write `{}`", p.display()))?;
+        img.save(&p)
+            .with_context(|| format!("cannot write `{}`", p.display()))?;
         sync_file(&p)?;
     }
     let cfg = serde_json::to_vec_pretty(snap.stage_config)?;
@@ -207,10 +218,14 @@ fn write_files(tmp: &Path, snap: &Snapshot<'_>) -> anyhow::Result<()> {
 pub fn read(dir: &Path, device: &Device) -> anyhow::Result<(TrainState, StateTensors)> {
     let json = dir.join(STATE_JSON);
     let text = io(std::fs::read_to_string(&json), "read", &json)?;
-    let state: TrainState =
-        serde_json::from_str(&text).with_context(|| format!("`{}` is not a training state", json.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not a training state", json.display()))?;
     if state.format != STATE_FORMAT {
-        bail!("`{}` has format {}, this relay reads {STATE_FORMAT}", json.display(), state.format);
+        bail!(
+            "`{}` has format {}, this relay reads {STATE_FORMAT}",
+            json.display(),
+            state.format
+        );
     }
     let path = dir.join(STATE_TENSORS);
     let all = candle_core::safetensors::load(&path, device)

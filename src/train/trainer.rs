@@ -24,7 +24,9 @@ use candle_nn::VarBuilder;
 use super::config::{Cost, Objective, StageConfig, TrainConfig, STAGE_FORMAT};
 use super::data::{first_images, DataPosition, DataSpec, PairLoader};
 use super::log::{plot, write_parquet, LogRow, TickAcc};
-use super::optim::{global_norm, mix, nan_to_num, ramped_lr, seeded_var_builder, var_tensors, Adam, Ema, TensorMap};
+use super::optim::{
+    global_norm, mix, nan_to_num, ramped_lr, seeded_var_builder, var_tensors, Adam, Ema, TensorMap,
+};
 use super::preview::{preview, RelayInputs};
 use super::snapshot::{self, Snapshot, StateTensors, TrainState, SAMPLES_PNG, STATE_FORMAT};
 use super::{Monitor, TrainCancelled, World};
@@ -125,7 +127,9 @@ pub fn train(
         config: cfg.clone(),
     };
     let relay_inputs = match (&cfg.objective, cfg.preview_images) {
-        (Objective::Relay { from, to, .. }, n) if n > 0 => Some(relay_inputs(data_dir, *from, *to, n, device)?),
+        (Objective::Relay { from, to, .. }, n) if n > 0 => {
+            Some(relay_inputs(data_dir, *from, *to, n, device)?)
+        }
         _ => None,
     };
     let mut run = Run {
@@ -190,11 +194,14 @@ pub fn train(
         // 3. Ticks and snapshots (both functions of the image count, so a resumed run
         //    logs and snapshots where the uninterrupted one does).
         let nimg = run.state.nimg;
-        let snap_due = nimg >= total || nimg as f64 >= run.state.snapshot_nimg as f64 + cfg.snapshot_kimg * 1000.0;
-        let tick_due = snap_due || nimg as f64 >= run.state.tick.start_nimg as f64 + cfg.tick_kimg * 1000.0;
+        let snap_due = nimg >= total
+            || nimg as f64 >= run.state.snapshot_nimg as f64 + cfg.snapshot_kimg * 1000.0;
+        let tick_due =
+            snap_due || nimg as f64 >= run.state.tick.start_nimg as f64 + cfg.tick_kimg * 1000.0;
         if tick_due {
             let secs = run.state.tick.seconds_before + run.tick_start.elapsed().as_secs_f64();
-            let row = LogRow::from_tick(&run.state.tick, run.state.step, nimg, lr, secs, run.wall());
+            let row =
+                LogRow::from_tick(&run.state.tick, run.state.step, nimg, lr, secs, run.wall());
             mon.log(&format!(
                 "step {} kimg {:.2} loss {:.4} {:.1} img/s lr {:.3e}",
                 row.step, row.kimg, row.loss, row.images_per_sec, row.lr
@@ -204,7 +211,10 @@ pub fn train(
             run.tick_start = Instant::now();
         }
         let shown = run.state.log.last().map_or(f64::NAN, |r| r.loss);
-        mon.progress(nimg, format!("kimg {:.2} loss {shown:.4}", nimg as f64 / 1000.0));
+        mon.progress(
+            nimg,
+            format!("kimg {:.2} loss {shown:.4}", nimg as f64 / 1000.0),
+        );
         if snap_due {
             last_snapshot = Some(run.snapshot(true)?);
         }
@@ -215,12 +225,17 @@ pub fn train(
         Some(p) if run.state.step > 0 => p.clone(),
         _ => run.snapshot(true)?,
     };
-    for name in [checkpoint::WEIGHTS_FILE, checkpoint::CONFIG_FILE, SAMPLES_PNG] {
+    for name in [
+        checkpoint::WEIGHTS_FILE,
+        checkpoint::CONFIG_FILE,
+        SAMPLES_PNG,
+    ] {
         let src = last.join(name);
         if src.is_file() {
             let tmp = out.join(format!(".{name}.tmp"));
             std::fs::copy(&src, &tmp).with_context(|| format!("copying `{}`", src.display()))?;
-            std::fs::rename(&tmp, out.join(name)).with_context(|| format!("writing `{}`", out.join(name).display()))?;
+            std::fs::rename(&tmp, out.join(name))
+                .with_context(|| format!("writing `{}`", out.join(name).display()))?;
         }
     }
     run.write_logs()?;
@@ -232,7 +247,13 @@ pub fn train(
     })
 }
 
-fn relay_inputs(dir: &Path, from: usize, to: usize, n: usize, device: &Device) -> anyhow::Result<RelayInputs> {
+fn relay_inputs(
+    dir: &Path,
+    from: usize,
+    to: usize,
+    n: usize,
+    device: &Device,
+) -> anyhow::Result<RelayInputs> {
     let low = first_images(dir, from, n)?;
     let high = first_images(dir, to, n)?;
     let k = low.len().min(high.len());
@@ -240,10 +261,18 @@ fn relay_inputs(dir: &Path, from: usize, to: usize, n: usize, device: &Device) -
         bail!("no training pair to preview in `{}`", dir.display());
     }
     let stack = |v: &[(Vec<f32>, Option<i64>)], side: usize| -> CResult<Tensor> {
-        let flat: Vec<f32> = v.iter().take(k).flat_map(|(x, _)| x.iter().copied()).collect();
+        let flat: Vec<f32> = v
+            .iter()
+            .take(k)
+            .flat_map(|(x, _)| x.iter().copied())
+            .collect();
         Tensor::from_vec(flat, (k, 3, side, side), &Device::Cpu)?.to_device(device)
     };
-    let classes: Option<Vec<usize>> = low.iter().take(k).map(|(_, l)| l.map(|c| c.max(0) as usize)).collect();
+    let classes: Option<Vec<usize>> = low
+        .iter()
+        .take(k)
+        .map(|(_, l)| l.map(|c| c.max(0) as usize))
+        .collect();
     Ok(RelayInputs {
         low: stack(&low, from)?,
         high: stack(&high, to)?,
@@ -292,7 +321,10 @@ impl Run<'_> {
         }
         let check = |m: &TensorMap, what: &str| -> anyhow::Result<()> {
             if m.len() != self.vars.len() || self.vars.keys().any(|k| !m.contains_key(k)) {
-                bail!("`{}`: the {what} tensors do not match the network", dir.display());
+                bail!(
+                    "`{}`: the {what} tensors do not match the network",
+                    dir.display()
+                );
             }
             Ok(())
         };
@@ -317,7 +349,12 @@ impl Run<'_> {
     }
 
     /// Forward + backward over the step's micro-batches; the summed, cleaned gradients.
-    fn gradients(&mut self, net: &EdmPrecond, loader: &mut PairLoader, last: Option<&Path>) -> anyhow::Result<TensorMap> {
+    fn gradients(
+        &mut self,
+        net: &EdmPrecond,
+        loader: &mut PairLoader,
+        last: Option<&Path>,
+    ) -> anyhow::Result<TensorMap> {
         let cfg = self.cfg;
         let micro = cfg.micro_batch;
         let accum = cfg.batch / (micro * self.world.size);
@@ -328,7 +365,10 @@ impl Run<'_> {
             let batch = loader.next_batch(micro, self.device)?;
             let first = ((self.world.rank * accum + m) * micro) as u64;
             let keys: Vec<u64> = (0..micro as u64).map(|j| first + j).collect();
-            let seeds: Vec<u64> = keys.iter().map(|&k| mix(&[cfg.seed, self.state.step, k])).collect();
+            let seeds: Vec<u64> = keys
+                .iter()
+                .map(|&k| mix(&[cfg.seed, self.state.step, k]))
+                .collect();
             let mut noise = SeedNoise::new(&seeds);
             let labels = match &batch.classes {
                 Some(classes) => {
@@ -336,8 +376,13 @@ impl Run<'_> {
                     let keep: Vec<f32> = keys
                         .iter()
                         .map(|&k| {
-                            let u = (mix(&[cfg.seed, self.state.step, k, LABEL_DROP]) >> 11) as f64 / (1u64 << 53) as f64;
-                            if u >= cfg.model.label_dropout { 1.0 } else { 0.0 }
+                            let u = (mix(&[cfg.seed, self.state.step, k, LABEL_DROP]) >> 11) as f64
+                                / (1u64 << 53) as f64;
+                            if u >= cfg.model.label_dropout {
+                                1.0
+                            } else {
+                                0.0
+                            }
                         })
                         .collect();
                     let keep = Tensor::from_vec(keep, (micro, 1), &Device::Cpu)?;
@@ -349,7 +394,9 @@ impl Run<'_> {
             let d = Training(net);
             let parts = match &cfg.objective {
                 Objective::Edm { loss, .. } => {
-                    let r = noise.randn(&[], DType::F64, &Device::Cpu)?.to_vec1::<f64>()?;
+                    let r = noise
+                        .randn(&[], DType::F64, &Device::Cpu)?
+                        .to_vec1::<f64>()?;
                     loss.loss_at(&d, y, labels.as_ref(), &r, &mut noise)?
                 }
                 Objective::Relay { loss, .. } => {
@@ -357,7 +404,11 @@ impl Run<'_> {
                     loss.loss_at(&d, y, labels.as_ref(), &u, &mut noise)?
                 }
             };
-            let per: Vec<f64> = parts.loss.mean((1, 2, 3))?.to_dtype(DType::F64)?.to_vec1()?;
+            let per: Vec<f64> = parts
+                .loss
+                .mean((1, 2, 3))?
+                .to_dtype(DType::F64)?
+                .to_vec1()?;
             if let Some(j) = per.iter().position(|v| !v.is_finite()) {
                 let snap = match last {
                     Some(p) => format!("the last good snapshot is `{}`", p.display()),
@@ -423,7 +474,9 @@ impl Run<'_> {
         write_parquet(&self.state.log, &self.out.join("train_log.parquet"))?;
         let png = self.out.join("loss.png");
         let tmp = self.out.join(".loss.png.tmp.png");
-        plot(&self.state.log).save(&tmp).with_context(|| format!("writing `{}`", tmp.display()))?;
+        plot(&self.state.log)
+            .save(&tmp)
+            .with_context(|| format!("writing `{}`", tmp.display()))?;
         std::fs::rename(&tmp, &png).with_context(|| format!("writing `{}`", png.display()))?;
         Ok(())
     }
@@ -433,10 +486,18 @@ impl Run<'_> {
     /// resumed run snapshots at the same steps as an uninterrupted one.
     fn snapshot(&mut self, periodic: bool) -> anyhow::Result<PathBuf> {
         let samples = if periodic && self.cfg.preview_images > 0 {
-            let map = self.ema.weights.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let map = self
+                .ema
+                .weights
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let vb = VarBuilder::from_tensors(map, DType::F32, self.device);
             let net = EdmPrecond::new(vb, &self.cfg.model)?;
-            Some(preview(&net, self.cfg, self.relay_inputs.as_ref(), self.device).context("drawing the preview grid")?)
+            Some(
+                preview(&net, self.cfg, self.relay_inputs.as_ref(), self.device)
+                    .context("drawing the preview grid")?,
+            )
         } else {
             None
         };

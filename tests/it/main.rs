@@ -10,12 +10,14 @@
 //! | `slurm`  | the Slurm executor on a real one-node Slurm: job arrays, merge, resubmission |
 //! | `hub`    | the `publish` stage and `hf://` checkpoints against a stand-in Hub (issue 7) |
 //! | `train`  | the `train` stage: learning check, exact resume, NaN loss, a pipeline (issue 5) |
+//! | `pipelines` | the shipped pipelines on tiny substitutes; the quickstart end to end (issue 8) |
 //! | `hub_server` | the stand-in Hub: the endpoints hf-hub calls, in memory |
 
 mod common;
 mod data;
 mod hub;
 mod hub_server;
+mod pipelines;
 mod runner;
 mod sample;
 mod slurm;

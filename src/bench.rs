@@ -1,0 +1,247 @@
+//! `relay bench model`: how fast the U-Net trains and samples on a device (issue 10).
+//!
+//! It times exactly the work that training and sampling do, on random data, and nothing
+//! that depends on a dataset:
+//! 1. Train step: the EDM loss of [`EdmPrecond::forward_train`] (σ = exp(1.2·n − 1.2),
+//!    weight (σ² + σ_d²)/(σ·σ_d)², P_mean/P_std as EDM), `backward`, and one step of the
+//!    training loop's own [`Adam`] over every weight.
+//! 2. Sample forward: D(x; σ = 80) in eval mode, on a network loaded from plain tensors, as
+//!    `sample` stages load it (so no autograd graph is kept).
+//!
+//! Each is warmed up, then timed step by step; images/s = batch / median step time.
+//! `benches/torch_unet.py` times the same work in PyTorch (`scripts/bench-vs-torch.sh`).
+//! FLOP/s counts the forward FLOPs of [`flops_per_image`] (matmuls and convolutions only);
+//! a training step is counted as three forwards (backward ≈ 2× forward).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::device::DeviceSpec;
+use crate::model::info::{flops_per_image, model_info};
+use crate::model::{EdmPrecond, UnetConfig};
+use crate::train::optim::{seeded_var_builder, Adam, TensorMap};
+
+/// Warm-up steps before timing (allocator, thread pool and page faults settle).
+const WARMUP: usize = 2;
+/// EDM's training noise distribution (Karras et al. 2022, Table 1) and σ_d.
+const P_MEAN: f64 = -1.2;
+const P_STD: f64 = 1.2;
+const SIGMA_DATA: f64 = 0.5;
+
+/// What [`model`] measured.
+#[derive(Debug, Clone)]
+pub struct ModelBench {
+    pub config: String,
+    pub device: String,
+    /// Threads candle's CPU kernels use (`RAYON_NUM_THREADS`, else all cores).
+    pub threads: usize,
+    pub resolution: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub parameters: usize,
+    /// Forward FLOPs of one image at `resolution`.
+    pub flops_per_image: u64,
+    /// Median seconds of one training step (forward + backward + Adam).
+    pub train_seconds: f64,
+    /// Medians of the training step's forward (with the loss), backward, and Adam step.
+    pub train_phases: [f64; 3],
+    /// Median seconds of one sampling forward.
+    pub sample_seconds: f64,
+}
+
+impl ModelBench {
+    pub fn train_images_per_sec(&self) -> f64 {
+        self.batch as f64 / self.train_seconds
+    }
+
+    pub fn sample_images_per_sec(&self) -> f64 {
+        self.batch as f64 / self.sample_seconds
+    }
+
+    /// Achieved FLOP/s of training, counting 3 forward passes per image.
+    pub fn train_flops_per_sec(&self) -> f64 {
+        3.0 * self.flops_per_image as f64 * self.train_images_per_sec()
+    }
+
+    pub fn sample_flops_per_sec(&self) -> f64 {
+        self.flops_per_image as f64 * self.sample_images_per_sec()
+    }
+
+    /// The table `relay bench model` prints, then `key=value` lines for scripts.
+    pub fn table(&self) -> String {
+        let gflop = self.flops_per_image as f64 / 1e9;
+        let mut s = format!(
+            "relay (candle {}), {} threads on {}, {} at {}px, batch {}, {} steps (median), \
+             {} parameters, {gflop:.3} GFLOP/image forward\n",
+            CANDLE_VERSION,
+            self.threads,
+            self.device,
+            self.config,
+            self.resolution,
+            self.batch,
+            self.steps,
+            self.parameters,
+        );
+        s += "| work | s/step | images/s | GFLOP/s |\n|---|---|---|---|\n";
+        s += &format!(
+            "| train (fwd + bwd + Adam) | {:.3} | {:.2} | {:.1} |\n",
+            self.train_seconds,
+            self.train_images_per_sec(),
+            self.train_flops_per_sec() / 1e9
+        );
+        s += &format!(
+            "| sample (fwd, no grad) | {:.3} | {:.2} | {:.1} |\n",
+            self.sample_seconds,
+            self.sample_images_per_sec(),
+            self.sample_flops_per_sec() / 1e9
+        );
+        let [f, b, a] = self.train_phases;
+        s += &format!("train step: forward {f:.3} s, backward {b:.3} s, Adam {a:.3} s\n");
+        s += &format!("relay_parameters={}\n", self.parameters);
+        s += &format!(
+            "relay_train_images_per_sec={:.4}\n",
+            self.train_images_per_sec()
+        );
+        s += &format!(
+            "relay_sample_images_per_sec={:.4}",
+            self.sample_images_per_sec()
+        );
+        s
+    }
+}
+
+const CANDLE_VERSION: &str = "0.11.1";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median seconds of `steps` calls of `f` after [`WARMUP`] untimed ones.
+fn time_steps(
+    steps: usize,
+    dev: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// One-hot labels of random classes, or `None` for an unconditional net.
+fn random_labels(cfg: &UnetConfig, batch: usize, dev: &Device) -> anyhow::Result<Option<Tensor>> {
+    if cfg.label_dim == 0 {
+        return Ok(None);
+    }
+    let classes = Tensor::rand(0f32, cfg.label_dim as f32, batch, dev)?
+        .floor()?
+        .to_dtype(DType::U32)?;
+    let eye = Tensor::eye(cfg.label_dim, DType::F32, dev)?;
+    Ok(Some(eye.index_select(&classes, 0)?))
+}
+
+/// Time `steps` training steps and `steps` sampling forwards of the preset (or config
+/// file) `config` at `batch` images of `resolution` px (default: the config's own).
+pub fn model(
+    config: &str,
+    batch: usize,
+    steps: usize,
+    resolution: Option<usize>,
+    device: &DeviceSpec,
+) -> anyhow::Result<ModelBench> {
+    anyhow::ensure!(batch > 0 && steps > 0, "batch and steps must be positive");
+    let mut cfg = UnetConfig::from_name_or_path(config)?;
+    if let Some(res) = resolution {
+        cfg = cfg.with_resolution(res);
+    }
+    let res = cfg.img_resolution;
+    let dev = device.device()?;
+    let parameters = model_info(&cfg)?.parameters;
+    let c = cfg.in_channels;
+
+    // 1. Training: seeded trainable weights, EDM loss, backward, Adam.
+    let (vb, vars) = seeded_var_builder(0, &dev);
+    let net = EdmPrecond::new(vb, &cfg)?;
+    let vars = vars();
+    let mut adam = Adam::new(&vars, [0.9, 0.999], 1e-8)?;
+    let y = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * SIGMA_DATA)?;
+    let labels = random_labels(&cfg, batch, &dev)?;
+    let mut phases: Vec<[f64; 3]> = Vec::new();
+    let train_seconds = time_steps(steps, &dev, || {
+        let t0 = Instant::now();
+        let sigma = Tensor::randn(0f32, 1., batch, &dev)?
+            .affine(P_STD, P_MEAN)?
+            .exp()?;
+        let s4 = sigma.reshape((batch, 1, 1, 1))?;
+        let sd2 = SIGMA_DATA * SIGMA_DATA;
+        let weight = ((s4.sqr()? + sd2)? / (s4.sqr()? * sd2)?)?;
+        let noise = Tensor::randn(0f32, 1., y.shape(), &dev)?.broadcast_mul(&s4)?;
+        let d = net.forward_train(&(&y + noise)?, &sigma, labels.as_ref(), None)?;
+        let loss = weight.broadcast_mul(&(d - &y)?.sqr()?)?.sum_all()?;
+        dev.synchronize()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        let mut map = TensorMap::new();
+        for (name, var) in &vars {
+            let g = grads
+                .get(var)
+                .ok_or_else(|| anyhow::anyhow!("no gradient reached {name}"))?;
+            map.insert(name.clone(), g.clone());
+        }
+        adam.step(&vars, &map, 1e-4)?;
+        dev.synchronize()?;
+        let t3 = Instant::now();
+        phases.push([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()));
+        Ok(())
+    })?;
+    let phase = |i: usize| median(phases[WARMUP..].iter().map(|p| p[i]).collect());
+    let train_phases = [phase(0), phase(1), phase(2)];
+    drop((net, adam));
+
+    // 2. Sampling: the same weights as plain tensors (no graph), eval mode.
+    let weights: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    drop(vars);
+    let net = EdmPrecond::new(VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg)?;
+    let x = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * 80.0)?;
+    let sigma = Tensor::full(80f32, batch, &dev)?;
+    let sample_seconds = time_steps(steps, &dev, || {
+        net.forward(&x, &sigma, labels.as_ref())?;
+        Ok(())
+    })?;
+
+    Ok(ModelBench {
+        config: config.to_string(),
+        device: device.describe(),
+        threads: candle_core::utils::get_num_threads(),
+        resolution: res,
+        batch,
+        steps,
+        parameters,
+        flops_per_image: flops_per_image(&cfg, res)?,
+        train_seconds,
+        train_phases,
+        sample_seconds,
+    })
+}

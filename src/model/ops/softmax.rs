@@ -1,0 +1,118 @@
+//! Softmax over the last dimension with its backward pass, for the attention weights
+//! (issue 10). candle-nn's `softmax_last_dim` has no backward in 0.11, and the composite
+//! (max, subtract, exp, sum, divide) makes five passes over the L×L logits forward and
+//! about as many backward; this is one pass each way, in parallel over rows:
+//!
+//! ```text
+//! y = exp(x − max x) / Σ exp(x − max x)        dx = y · (dy − Σ dy·y)
+//! ```
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::{f32_slice, use_custom, Kernel};
+
+#[derive(Debug, Clone, Copy)]
+struct SoftmaxLastDim;
+
+#[derive(Debug, Clone, Copy)]
+struct SoftmaxLastDimBwd;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "relay-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let n = l.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        if n > 0 {
+            out.par_chunks_mut(n)
+                .zip(x.par_chunks(n))
+                .for_each(|(o, x)| {
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f64;
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = (v - max).exp();
+                        sum += *o as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    o.iter_mut().for_each(|o| *o *= inv);
+                });
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(grad.apply_op2_no_bwd(res, &SoftmaxLastDimBwd)?))
+    }
+}
+
+impl CustomOp2 for SoftmaxLastDimBwd {
+    fn name(&self) -> &'static str {
+        "relay-softmax-last-dim-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, self.name())?;
+        let y = f32_slice(ys, yl, self.name())?;
+        let n = gl.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; g.len()];
+        if n > 0 {
+            out.par_chunks_mut(n)
+                .zip(g.par_chunks(n).zip(y.par_chunks(n)))
+                .for_each(|(o, (g, y))| {
+                    let dot: f64 = g.iter().zip(y).map(|(&g, &y)| (g * y) as f64).sum();
+                    let dot = dot as f32;
+                    for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                        *o = y * (g - dot);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension: the fused kernel for float32 on the CPU, else the
+/// composite with the (detached) row maximum subtracted.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if use_custom(x, Kernel::Attention) {
+        return x.contiguous()?.apply_op1(SoftmaxLastDim);
+    }
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::rel_err;
+    use candle_core::{Device, Var};
+
+    /// Values and gradient against candle's composite softmax (`candle_nn::ops::softmax`).
+    #[test]
+    fn matches_candle_softmax() -> Result<()> {
+        let dev = Device::Cpu;
+        for dims in [(3, 5, 7), (2, 1, 64), (1, 4, 2)] {
+            let x = Var::randn(0f32, 3., dims, &dev)?;
+            let up = Tensor::randn(0f32, 1., dims, &dev)?;
+            let ours = x.contiguous()?.apply_op1(SoftmaxLastDim)?;
+            let theirs = candle_nn::ops::softmax(&x, D::Minus1)?;
+            assert!(rel_err(&ours, &theirs)? <= 1e-5, "{dims:?}: forward");
+            let g1 = (&ours * &up)?.sum_all()?.backward()?;
+            let g2 = (&theirs * &up)?.sum_all()?.backward()?;
+            let err = rel_err(g1.get(&x).unwrap(), g2.get(&x).unwrap())?;
+            assert!(err <= 1e-5, "{dims:?}: dx relative error {err}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! The shipped pipelines, run for real on tiny substitutes through `--var` and `-s`
+//! overrides (a small generated image folder, the tiny model, a few steps, a handful of
+//! samples), so they cannot rot. The quickstart additionally checks its outputs and that a
+//! second run is fully cached.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{Project, Run};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a shipped pipeline with `args`, in a temporary workdir.
+fn run_pipeline(p: &Project, name: &str, args: &[&str]) -> Run {
+    let pipeline = repo().join("pipelines").join(name);
+    let workdir = p.path().join("runs");
+    let lock = p.path().join("relay.lock");
+    let mut all: Vec<String> = vec![
+        "run".into(),
+        pipeline.display().to_string(),
+        "--workdir".into(),
+        workdir.display().to_string(),
+        "--lockfile".into(),
+        lock.display().to_string(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    p.run(&refs)
+}
+
+/// A folder of `n` shape images per class subfolder.
+fn image_folder(dir: &Path, classes: &[&str], n: u64, side: u32) {
+    for (c, name) in classes.iter().enumerate() {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            let (img, _) = relay::data::shapes::render(7, i * classes.len() as u64 + c as u64, classes.len(), side);
+            img.save(d.join(format!("img{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+/// Overrides that shrink a train stage to a couple of CPU steps.
+fn tiny_train(stage: &str) -> Vec<String> {
+    [
+        "model=tiny",
+        "batch=4",
+        "micro_batch=4",
+        "duration_kimg=null",
+        "steps=2",
+        "preview_images=0",
+        "tick_kimg=0.004",
+        "snapshot_kimg=0.004",
+        "dropout=0",
+    ]
+    .iter()
+    .map(|kv| format!("{stage}.{kv}"))
+    .collect()
+}
+
+fn args_of(v: &[String]) -> Vec<String> {
+    v.iter().flat_map(|s| ["-s".to_string(), s.clone()]).collect()
+}
+
+fn statuses(r: &Run, stages: &[&str]) -> Vec<String> {
+    stages.iter().map(|s| r.status_of(s)).collect()
+}
+
+#[test]
+fn quickstart_runs_end_to_end_then_is_fully_cached() {
+    let p = Project::new();
+    let hub = p.path().join("hub");
+    let mut args: Vec<String> = vec!["--var".into(), "images=48".into()];
+    let mut sets = vec![
+        "base.steps=3".to_string(),
+        "relay.steps=3".into(),
+        "base.preview_images=0".into(),
+        "relay.preview_images=0".into(),
+        "samples.seeds=0-7".into(),
+        "samples.samples_per_shard=4".into(),
+        "samples.batch=8".into(),
+        "samples.stages.base.num_steps=4".into(),
+        "samples.stages.relay.num_steps=8".into(),
+        format!("hub.local={}", hub.display()),
+    ];
+    sets.extend(["shards.samples_per_shard=16".to_string()]);
+    args.extend(args_of(&sets));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz"];
+
+    let r = run_pipeline(&p, "quickstart.yaml", &refs);
+    r.code(0);
+    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    let r2 = run_pipeline(&p, "quickstart.yaml", &refs);
+    r2.code(0);
+    assert!(statuses(&r2, &stages).iter().all(|s| s == "cached"), "{}", r2.stdout);
+
+    let runs = p.path().join("runs");
+    let (_, rows) = relay::manifest::read_rows(&runs.join("samples/manifest.parquet")).unwrap();
+    assert_eq!(rows.len(), 8, "one row per seed");
+    // The npz holds arr_0 uint8 [8, 32, 32, 3].
+    let mut z = zip::ZipArchive::new(std::fs::File::open(runs.join("npz/samples.npz")).unwrap()).unwrap();
+    let mut head = [0u8; 128];
+    std::io::Read::read_exact(&mut z.by_name("arr_0.npy").unwrap(), &mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head).contains("'shape': (8, 32, 32, 3)"));
+    // The local hub folder: model card, configs, weights.
+    for f in ["README.md", "config.json", "base/model.safetensors", "base/config.json", "relay/model.safetensors", "relay/config.json"] {
+        assert!(hub.join(f).is_file(), "missing {f} in the local hub folder");
+    }
+    let card = std::fs::read_to_string(hub.join("README.md")).unwrap();
+    assert!(card.starts_with("---\n") && card.contains("library_name: relay"), "{card}");
+}
+
+#[test]
+fn imagenet_256_runs_on_a_tiny_substitute() {
+    let p = Project::new();
+    let data = p.path().join("imagenet");
+    image_folder(&data, &["n01440764", "n01443537"], 6, 40);
+    let mut sets = tiny_train("base");
+    sets.extend(tiny_train("relay"));
+    sets.extend([
+        "samples.samples_per_shard=2".to_string(),
+        "samples.batch=4".into(),
+        "samples.stages.base.num_steps=3".into(),
+        "samples.stages.relay.num_steps=12".into(),
+        "samples.stages.relay.rho=7".into(),
+        format!("hub.local={}", p.path().join("hub").display()),
+    ]);
+    let mut args: Vec<String> = ["--var", &format!("data={}", data.display()), "--var", "hi=32", "--var", "lo=8", "--var", "seeds=0-3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(args_of(&sets));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_pipeline(&p, "imagenet-256.yaml", &refs);
+    r.code(0);
+    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "fid"];
+    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    // Class-balanced labels: seed mod classes.
+    let (cols, rows) = relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
+    let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
+    let labels: Vec<i64> = rows.iter().map(|r| r[c("label")].as_i64().unwrap()).collect();
+    assert_eq!(labels, [0, 1, 0, 1]);
+    assert_eq!(rows[0][c("label_mode")].as_str(), Some("balanced"));
+    let fid = std::fs::read_to_string(p.path().join("runs/fid/fid.txt")).unwrap();
+    assert!(fid.contains("no evaluator configured"), "{fid}");
+}
+
+#[test]
+fn celebahq_256_runs_on_a_tiny_substitute() {
+    let p = Project::new();
+    let data = p.path().join("faces");
+    image_folder(&data, &["all"], 8, 48);
+    let mut sets = tiny_train("base");
+    sets.extend(tiny_train("relay"));
+    sets.extend([
+        "samples.samples_per_shard=2".to_string(),
+        "samples.batch=4".into(),
+        "samples.stages.base.num_steps=3".into(),
+        "samples.stages.relay.num_steps=12".into(),
+        format!("hub.local={}", p.path().join("hub").display()),
+    ]);
+    let mut args: Vec<String> = ["--var", &format!("data={}", data.display()), "--var", "hi=32", "--var", "lo=8", "--var", "seeds=0-3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(args_of(&sets));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_pipeline(&p, "celebahq-256.yaml", &refs);
+    r.code(0);
+    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz"];
+    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+}
+
+#[test]
+fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
+    let p = Project::new();
+    let data = p.path().join("faces");
+    image_folder(&data, &["all"], 8, 40);
+    let mut sets = tiny_train("base");
+    sets.extend(tiny_train("relay"));
+    sets.extend(tiny_train("relay1024"));
+    sets.extend([
+        "relay.up_scale=2".to_string(),
+        "relay1024.up_scale=2".into(),
+        "samples.samples_per_shard=2".into(),
+        "samples.batch=4".into(),
+        "samples.stages.base.num_steps=3".into(),
+        "samples.stages.relay.num_steps=12".into(),
+        "samples.stages.relay.up_scale=2".into(),
+        "samples.stages.relay1024.num_steps=12".into(),
+        "samples.stages.relay1024.up_scale=2".into(),
+        format!("hub.local={}", p.path().join("hub").display()),
+    ]);
+    let mut args: Vec<String> = [
+        "--var", &format!("data={}", data.display()), "--var", "top=32", "--var", "hi=16", "--var", "lo=8", "--var", "seeds=0-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(args_of(&sets));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_pipeline(&p, "celebahq-1024.yaml", &refs);
+    r.code(0);
+    let stages = ["images", "shards", "pairs", "base", "relay", "relay1024", "samples", "hub", "npz"];
+    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    let (cols, rows) = relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
+    let c = cols.iter().position(|x| x == "resolution").unwrap();
+    assert_eq!(rows[0][c].as_u64(), Some(32));
+}
