@@ -39,17 +39,23 @@ fi
 cargo build --release --quiet --bin relay
 echo "== $CONFIG, batch $BATCH, $STEPS steps, $THREADS threads, $ROUNDS round(s); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 RELAY_TRAIN=() RELAY_SAMPLE=() TORCH_TRAIN=() TORCH_SAMPLE=()
+TMP=$(mktemp)
+trap 'rm -f "$TMP"' EXIT
 value() { echo "$1" | grep -o "$2=[0-9.]*" | tail -1 | cut -d= -f2; }
 for round in $(seq "$ROUNDS"); do
   echo "== round $round: relay"
-  OUT=$(RAYON_NUM_THREADS=$THREADS target/release/relay bench model "$CONFIG" --device cpu \
-    --batch "$BATCH" --steps "$STEPS" "${RES_ARGS[@]}" | tee /dev/stderr)
+  RAYON_NUM_THREADS=$THREADS target/release/relay bench model "$CONFIG" --device cpu \
+    --batch "$BATCH" --steps "$STEPS" "${RES_ARGS[@]}" >"$TMP"
+  cat "$TMP"
+  OUT=$(cat "$TMP")
   RELAY_PARAMS=$(value "$OUT" relay_parameters)
   RELAY_TRAIN+=("$(value "$OUT" relay_train_images_per_sec)")
   RELAY_SAMPLE+=("$(value "$OUT" relay_sample_images_per_sec)")
   echo "== round $round: pytorch"
-  OUT=$(OMP_NUM_THREADS=$THREADS "$PY" benches/torch_unet.py --config "$CONFIG" \
-    --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" "${RES_ARGS[@]}" | tee /dev/stderr)
+  OMP_NUM_THREADS=$THREADS "$PY" benches/torch_unet.py --config "$CONFIG" \
+    --batch "$BATCH" --steps "$STEPS" --threads "$THREADS" "${RES_ARGS[@]}" >"$TMP"
+  cat "$TMP"
+  OUT=$(cat "$TMP")
   TORCH_PARAMS=$(value "$OUT" torch_parameters)
   TORCH_TRAIN+=("$(value "$OUT" torch_train_images_per_sec)")
   TORCH_SAMPLE+=("$(value "$OUT" torch_sample_images_per_sec)")

@@ -209,7 +209,7 @@ impl SlurmPlan {
             let dir = slurm_dir(workdir).join(&node.name);
             let job_name = format!("relay-{}-{}", plan.spec.name, node.name);
             let r = &node.resources;
-            let header = |log: &str, array: Option<&str>| {
+            let header = |r: &ResourcesWire, log: &str, array: Option<&str>| {
                 let mut t = String::from("#!/bin/bash\n");
                 t += &format!("# relay: stage `{}` of pipeline `{}` ({})\n", node.name, plan.spec.name, node.kind.name());
                 for l in sbatch_lines(r, &job_name, &dir.join(log).to_string_lossy(), array) {
@@ -244,7 +244,7 @@ impl SlurmPlan {
                             .collect();
                         first += ids.len();
                         let list = compress_ranges(&ids);
-                        let mut t = header("%x-%A_%a.out", Some(&format!("{list}{cap}")));
+                        let mut t = header(r, "%x-%A_%a.out", Some(&format!("{list}{cap}")));
                         t += &format!("I=$(( {offset} + SLURM_ARRAY_TASK_ID ))\n");
                         t += &format!("exec {}\n", exec_line(inv, &node.name, Some(&format!("$I/{total}"))));
                         jobs.push(Job {
@@ -256,7 +256,9 @@ impl SlurmPlan {
                         });
                         part += 1;
                     }
-                    let mut t = header("%x-merge-%j.out", None);
+                    // The merge only reads shards and writes the manifest: no GPU.
+                    let merge_res = ResourcesWire { gpus: None, nodes: None, ..r.clone() };
+                    let mut t = header(&merge_res, "%x-merge-%j.out", None);
                     t += &format!("exec {}\n", exec_line(inv, &node.name, None));
                     jobs.push(Job {
                         stage: node.name.clone(),
@@ -267,7 +269,7 @@ impl SlurmPlan {
                     });
                 }
                 _ => {
-                    let mut t = header("%x-%j.out", None);
+                    let mut t = header(r, "%x-%j.out", None);
                     let gpus = r.gpus.unwrap_or(0);
                     if gpus > 1 || r.nodes.unwrap_or(1) > 1 {
                         // One process per GPU: rank SLURM_PROCID of SLURM_NTASKS, local rank

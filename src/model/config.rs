@@ -152,8 +152,16 @@ impl UnetConfig {
     }
 
     /// Parse the JSON form and check it.
+    /// A trained stage's `config.json` (`{"format": "relay-stage/1", "model": {...}, ...}`)
+    /// is accepted too: its `model` is the network config.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text)
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| candle_core::Error::Msg(format!("invalid model config: {e}")))?;
+        let value = match value.get("model") {
+            Some(inner) if value.get("format").is_some() => inner.clone(),
+            _ => value,
+        };
+        let cfg: Self = serde_json::from_value(value)
             .map_err(|e| candle_core::Error::Msg(format!("invalid model config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)

@@ -103,7 +103,7 @@ fn quickstart_runs_end_to_end_then_is_fully_cached() {
     let mut z = zip::ZipArchive::new(std::fs::File::open(runs.join("npz/samples.npz")).unwrap()).unwrap();
     let mut head = [0u8; 128];
     std::io::Read::read_exact(&mut z.by_name("arr_0.npy").unwrap(), &mut head).unwrap();
-    assert!(String::from_utf8_lossy(&head).contains("'shape': (8, 32, 32, 3)"));
+    assert!(String::from_utf8_lossy(&head).contains("'shape': (8, 16, 16, 3)"));
     // The local hub folder: model card, configs, weights.
     for f in ["README.md", "config.json", "base/model.safetensors", "base/config.json", "relay/model.safetensors", "relay/config.json"] {
         assert!(hub.join(f).is_file(), "missing {f} in the local hub folder");

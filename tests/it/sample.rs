@@ -131,3 +131,53 @@ fn batch_size_does_not_change_an_image_and_a_partial_job_resumes() {
     assert!(r.stderr.contains("resuming: 2 of 3 shards already done"), "{}", r.stderr);
     assert_eq!(shas(&b.path().join("runs/samples/manifest.parquet")), want);
 }
+
+#[test]
+fn kill_9_mid_job_then_resume_gives_the_same_bytes() {
+    let whole = project();
+    whole.run(&["run", "p.yaml"]).code(0);
+    let want = shas(&whole.path().join("runs/samples/manifest.parquet"));
+
+    let p = project();
+    let mut child = p
+        .relay(&["run", "p.yaml", "-s", "samples.batch=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first shard is committed, then kill -9.
+    let partial = p.path().join("runs/.relay/partial");
+    let t0 = std::time::Instant::now();
+    let first_part = loop {
+        let hit = std::fs::read_dir(&partial)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join(".parts/000000.parquet"))
+            .filter(|p| p.is_file());
+        if let Some(h) = hit {
+            break h;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "no shard was committed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(first_part.is_file());
+    assert!(!p.path().join("runs/samples").exists(), "nothing published after kill -9");
+
+    let r = p.run(&["run", "p.yaml", "-s", "samples.batch=1"]);
+    r.code(0);
+    assert!(r.stderr.contains("resuming:"), "{}", r.stderr);
+    assert_eq!(shas(&p.path().join("runs/samples/manifest.parquet")), want);
+    // The tar shards are byte-identical too.
+    for k in 0..3 {
+        let name = format!("runs/samples/samples-{k:06}.tar");
+        assert_eq!(
+            std::fs::read(whole.path().join(&name)).unwrap(),
+            std::fs::read(p.path().join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -9,9 +9,13 @@
 //! * [`group_norm`]: GroupNorm → per-(sample, channel) affine → optional SiLU in one pass
 //!   forward and three backward (norm0/norm1/norm2/out_norm of every block).
 //!
+//! * [`tune_cpu_runtime`]: candle's worker spin limit and glibc's mmap threshold, set once
+//!   when a CPU model is built (spin-waits and page faults were 60 % of a step's samples).
+//!
 //! Only the CPU runs these kernels. Every caller checks [`use_custom`] and otherwise
 //! composes candle's own ops, which is also what the unit tests compare against
-//! (values and gradients, relative error ≤ 1e-5 in f32).
+//! (values and gradients, relative error ≤ 1e-5 in f32). `RELAY_CPU_OPS` switches them
+//! off one by one, to measure each (`scripts/bench-vs-torch.sh`).
 
 pub mod conv;
 pub mod group_norm;
