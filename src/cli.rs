@@ -531,6 +531,34 @@ fn print_plan(r: &RunReport) {
     }
 }
 
+/// Where to look: the well-known files of the stages that are done.
+fn print_results(r: &RunReport) {
+    let known = [
+        ("preview.png", "preview grid"),
+        ("manifest.parquet", "manifest"),
+        ("README.md", "model card"),
+        ("loss.png", "loss curve"),
+        ("samples.npz", "npz for the ADM evaluator"),
+    ];
+    let mut results = Vec::new();
+    for s in r.stages.iter().filter(|s| matches!(s.status, Status::Done | Status::Cached)) {
+        if let Some(dir) = &s.output {
+            for (file, what) in known {
+                let path = dir.join(file);
+                if path.is_file() && (file != "manifest.parquet" || s.kind == "sample") {
+                    results.push(format!("  {what:<26} {}", crate::util::display_path(&path)));
+                }
+            }
+        }
+    }
+    if !results.is_empty() {
+        println!("\nresults:");
+        for l in results {
+            println!("{l}");
+        }
+    }
+}
+
 fn print_summary(r: &RunReport) {
     let w = r
         .stages
@@ -557,6 +585,7 @@ fn print_summary(r: &RunReport) {
             out
         );
     }
+    print_results(r);
     let failed = r
         .stages
         .iter()

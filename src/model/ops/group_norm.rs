@@ -60,7 +60,7 @@ fn sigmoid(z: f32) -> f32 {
 impl GroupNormAct {
     fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
         let (b, c, h, w) = l.shape().dims4()?;
-        if c % self.groups != 0 {
+        if !c.is_multiple_of(self.groups) {
             candle_core::bail!(
                 "group norm: {} groups do not divide {c} channels",
                 self.groups
@@ -216,7 +216,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// `weight` initialised to 1 and `bias` to 0, as candle-nn's `group_norm`.
     pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {groups} groups must divide {channels} channels");
         }
         Ok(Self {
