@@ -287,13 +287,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", crate::model::report(&name)?);
             Ok(0)
         }
-        Command::Bench(BenchCommand::Prep { count, dir, threads }) => {
+        Command::Bench(BenchCommand::Prep {
+            count,
+            dir,
+            threads,
+        }) => {
             let b = crate::data::bench::prep(&dir, count, threads, &crate::data::Quiet)?;
             println!("| images | threads | shard s | downsample s | total s | images/s |");
             println!("|---|---|---|---|---|---|");
             println!(
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
-                b.images, b.threads, b.shard_seconds, b.downsample_seconds, b.seconds, b.images_per_sec
+                b.images,
+                b.threads,
+                b.shard_seconds,
+                b.downsample_seconds,
+                b.seconds,
+                b.images_per_sec
             );
             println!("relay_images_per_sec={:.2}", b.images_per_sec);
             Ok(0)
@@ -401,7 +410,11 @@ fn run_slurm(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
         workdir: plan.spec.workdir.clone(),
         cwd: std::env::current_dir()?,
     };
-    let max_array = if a.dry_run { 1001 } else { slurm::max_array_size() };
+    let max_array = if a.dry_run {
+        1001
+    } else {
+        slurm::max_array_size()
+    };
     let sp = SlurmPlan::new(&plan, &report, &inv, max_array)?;
     if sp.jobs.is_empty() {
         print_plan(&report);
@@ -410,15 +423,29 @@ fn run_slurm(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
     }
     if a.dry_run {
         for j in &sp.jobs {
-            let after = if j.after.is_empty() { String::new() } else { format!(" (after {})", j.after.join(", ")) };
-            println!("# ---- {} ({}){after}: {}", j.stage, j.role, crate::util::display_path(&j.script));
+            let after = if j.after.is_empty() {
+                String::new()
+            } else {
+                format!(" (after {})", j.after.join(", "))
+            };
+            println!(
+                "# ---- {} ({}){after}: {}",
+                j.stage,
+                j.role,
+                crate::util::display_path(&j.script)
+            );
             println!("{}", j.text);
         }
         return Ok(0);
     }
     sp.write_scripts()?;
     let submitted = sp.submit(&plan.spec.workdir)?;
-    let w = submitted.iter().map(|s| s.0.len()).max().unwrap_or(5).max(5);
+    let w = submitted
+        .iter()
+        .map(|s| s.0.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!("{:<w$}  {:<15} job", "stage", "role");
     for (stage, role, id) in &submitted {
         println!("{stage:<w$}  {role:<15} {id}");
@@ -434,7 +461,10 @@ fn run_slurm(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
         let states = slurm::job_states(id);
         let bad = states.iter().any(|s| s != "COMPLETED");
         failed |= bad;
-        println!("{stage:<w$}  {role:<15} {id}  {}", summarize_states(&states));
+        println!(
+            "{stage:<w$}  {role:<15} {id}  {}",
+            summarize_states(&states)
+        );
     }
     Ok(if failed { 1 } else { 0 })
 }
@@ -448,7 +478,17 @@ fn summarize_states(states: &[String]) -> String {
             None => counts.push((s.clone(), 1)),
         }
     }
-    counts.iter().map(|(s, n)| if *n > 1 { format!("{s} x{n}") } else { s.clone() }).collect::<Vec<_>>().join(", ")
+    counts
+        .iter()
+        .map(|(s, n)| {
+            if *n > 1 {
+                format!("{s} x{n}")
+            } else {
+                s.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn run_options(
@@ -541,7 +581,11 @@ fn print_results(r: &RunReport) {
         ("samples.npz", "npz for the ADM evaluator"),
     ];
     let mut results = Vec::new();
-    for s in r.stages.iter().filter(|s| matches!(s.status, Status::Done | Status::Cached)) {
+    for s in r
+        .stages
+        .iter()
+        .filter(|s| matches!(s.status, Status::Done | Status::Cached))
+    {
         if let Some(dir) = &s.output {
             for (file, what) in known {
                 let path = dir.join(file);
@@ -630,8 +674,15 @@ fn print_status(plan: &Plan) {
         if let Some(js) = jobs.stages.get(name) {
             for j in js {
                 let states = crate::exec::slurm::job_states(&j.id);
-                let states = if states.is_empty() { "unknown to Slurm now".to_string() } else { summarize_states(&states) };
-                println!("{:<w$}    slurm job {} ({}) submitted {}: {}", "", j.id, j.role, j.submitted, states);
+                let states = if states.is_empty() {
+                    "unknown to Slurm now".to_string()
+                } else {
+                    summarize_states(&states)
+                };
+                println!(
+                    "{:<w$}    slurm job {} ({}) submitted {}: {}",
+                    "", j.id, j.role, j.submitted, states
+                );
             }
         }
     }

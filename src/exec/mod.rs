@@ -464,7 +464,11 @@ impl Executor {
                 .collect();
             if !good.is_empty() {
                 if let Err(e) = record::write_lock(
-                    &self.opts.lockfile.clone().unwrap_or_else(|| record::lock_path(&plan.spec.file)),
+                    &self
+                        .opts
+                        .lockfile
+                        .clone()
+                        .unwrap_or_else(|| record::lock_path(&plan.spec.file)),
                     &plan.spec.name,
                     &good,
                 ) {

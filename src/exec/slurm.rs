@@ -122,7 +122,10 @@ fn quote(s: &str) -> String {
 
 /// The `#SBATCH` lines for a stage's resources.
 fn sbatch_lines(r: &ResourcesWire, job_name: &str, log: &str, array: Option<&str>) -> Vec<String> {
-    let mut l = vec![format!("#SBATCH --job-name={job_name}"), format!("#SBATCH --output={log}")];
+    let mut l = vec![
+        format!("#SBATCH --job-name={job_name}"),
+        format!("#SBATCH --output={log}"),
+    ];
     if let Some(a) = array {
         l.push(format!("#SBATCH --array={a}"));
     }
@@ -186,7 +189,12 @@ pub struct SlurmPlan {
 
 impl SlurmPlan {
     /// Jobs for every stage the dry run says must run, in dependency order.
-    pub fn new(plan: &Plan, report: &RunReport, inv: &Invocation, max_array: usize) -> anyhow::Result<Self> {
+    pub fn new(
+        plan: &Plan,
+        report: &RunReport,
+        inv: &Invocation,
+        max_array: usize,
+    ) -> anyhow::Result<Self> {
         let workdir = &plan.spec.workdir;
         let mut jobs = Vec::new();
         let runs: Vec<&str> = report
@@ -211,7 +219,12 @@ impl SlurmPlan {
             let r = &node.resources;
             let header = |r: &ResourcesWire, log: &str, array: Option<&str>| {
                 let mut t = String::from("#!/bin/bash\n");
-                t += &format!("# relay: stage `{}` of pipeline `{}` ({})\n", node.name, plan.spec.name, node.kind.name());
+                t += &format!(
+                    "# relay: stage `{}` of pipeline `{}` ({})\n",
+                    node.name,
+                    plan.spec.name,
+                    node.kind.name()
+                );
                 for l in sbatch_lines(r, &job_name, &dir.join(log).to_string_lossy(), array) {
                     t += &l;
                     t.push('\n');
@@ -221,16 +234,31 @@ impl SlurmPlan {
                 t
             };
             let shards = {
-                let report_fp = report.stages.iter().find(|s| s.name == node.name).and_then(|s| s.fingerprint.clone());
+                let report_fp = report
+                    .stages
+                    .iter()
+                    .find(|s| s.name == node.name)
+                    .and_then(|s| s.fingerprint.clone());
                 // The private folder of this fingerprint holds the shards done so far; when an
                 // input will rerun first, the fingerprint is not known yet and every shard runs.
-                let out = report_fp.map(|fp| workdir.join(".relay").join("partial").join(format!("{}.{}", node.name, &fp[..16])));
-                node.kind
-                    .shards(&node.params, out.as_deref().unwrap_or(Path::new("/nonexistent")))
+                let out = report_fp.map(|fp| {
+                    workdir.join(".relay").join("partial").join(format!(
+                        "{}.{}",
+                        node.name,
+                        &fp[..16]
+                    ))
+                });
+                node.kind.shards(
+                    &node.params,
+                    out.as_deref().unwrap_or(Path::new("/nonexistent")),
+                )
             };
             match shards {
                 Some((total, missing)) if total > 0 => {
-                    let cap = r.array_parallel.map(|p| format!("%{p}")).unwrap_or_default();
+                    let cap = r
+                        .array_parallel
+                        .map(|p| format!("%{p}"))
+                        .unwrap_or_default();
                     // Task ids must stay below MaxArraySize: chunk with an offset.
                     let chunk = max_array.max(1);
                     let mut first = 0;
@@ -246,7 +274,10 @@ impl SlurmPlan {
                         let list = compress_ranges(&ids);
                         let mut t = header(r, "%x-%A_%a.out", Some(&format!("{list}{cap}")));
                         t += &format!("I=$(( {offset} + SLURM_ARRAY_TASK_ID ))\n");
-                        t += &format!("exec {}\n", exec_line(inv, &node.name, Some(&format!("$I/{total}"))));
+                        t += &format!(
+                            "exec {}\n",
+                            exec_line(inv, &node.name, Some(&format!("$I/{total}")))
+                        );
                         jobs.push(Job {
                             stage: node.name.clone(),
                             role: "array",
@@ -257,7 +288,11 @@ impl SlurmPlan {
                         part += 1;
                     }
                     // The merge only reads shards and writes the manifest: no GPU.
-                    let merge_res = ResourcesWire { gpus: None, nodes: None, ..r.clone() };
+                    let merge_res = ResourcesWire {
+                        gpus: None,
+                        nodes: None,
+                        ..r.clone()
+                    };
                     let mut t = header(&merge_res, "%x-merge-%j.out", None);
                     t += &format!("exec {}\n", exec_line(inv, &node.name, None));
                     jobs.push(Job {
@@ -276,7 +311,10 @@ impl SlurmPlan {
                         // SLURM_LOCALID; the first node is the rendezvous.
                         t += "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n";
                         t += "export MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))\n";
-                        t += &format!("srun --kill-on-bad-exit=1 {}\n", exec_line(inv, &node.name, None));
+                        t += &format!(
+                            "srun --kill-on-bad-exit=1 {}\n",
+                            exec_line(inv, &node.name, None)
+                        );
                     } else {
                         t += &format!("exec {}\n", exec_line(inv, &node.name, None));
                     }
@@ -299,7 +337,8 @@ impl SlurmPlan {
             if let Some(d) = j.script.parent() {
                 std::fs::create_dir_all(d)?;
             }
-            std::fs::write(&j.script, &j.text).with_context(|| format!("writing {}", j.script.display()))?;
+            std::fs::write(&j.script, &j.text)
+                .with_context(|| format!("writing {}", j.script.display()))?;
         }
         Ok(())
     }
@@ -318,7 +357,11 @@ impl SlurmPlan {
             // An earlier submission of this stage still queued or running: keep it.
             if !fresh_stages.contains(&j.stage) {
                 if let Some(prev) = jobs_file.stages.get(&j.stage) {
-                    let live: Vec<String> = prev.iter().filter(|r| is_live(&r.id)).map(|r| r.id.clone()).collect();
+                    let live: Vec<String> = prev
+                        .iter()
+                        .filter(|r| is_live(&r.id))
+                        .map(|r| r.id.clone())
+                        .collect();
                     if !live.is_empty() {
                         ids.insert(j.stage.clone(), live.clone());
                         kept.push(j.stage.clone());
@@ -331,7 +374,11 @@ impl SlurmPlan {
                 fresh_stages.push(j.stage.clone());
                 jobs_file.stages.insert(j.stage.clone(), Vec::new());
             }
-            let mut deps: Vec<String> = j.after.iter().flat_map(|s| ids.get(s).cloned().unwrap_or_default()).collect();
+            let mut deps: Vec<String> = j
+                .after
+                .iter()
+                .flat_map(|s| ids.get(s).cloned().unwrap_or_default())
+                .collect();
             if j.role == "merge" {
                 deps.extend(ids.get(&j.stage).cloned().unwrap_or_default());
             }
@@ -351,14 +398,23 @@ impl SlurmPlan {
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
             }
-            let id = String::from_utf8_lossy(&o.stdout).trim().split(';').next().unwrap_or("").to_string();
+            let id = String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_string();
             ids.entry(j.stage.clone()).or_default().push(id.clone());
-            jobs_file.stages.entry(j.stage.clone()).or_default().push(JobRecord {
-                id: id.clone(),
-                role: j.role.into(),
-                script: j.script.clone(),
-                submitted: super::record::rfc3339(std::time::SystemTime::now()),
-            });
+            jobs_file
+                .stages
+                .entry(j.stage.clone())
+                .or_default()
+                .push(JobRecord {
+                    id: id.clone(),
+                    role: j.role.into(),
+                    script: j.script.clone(),
+                    submitted: super::record::rfc3339(std::time::SystemTime::now()),
+                });
             jobs_file.save(workdir)?;
             out.push((j.stage.clone(), j.role.to_string(), id));
         }
@@ -375,7 +431,11 @@ fn compress_ranges(ids: &[usize]) -> String {
         while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
             j += 1;
         }
-        parts.push(if i == j { ids[i].to_string() } else { format!("{}-{}", ids[i], ids[j]) });
+        parts.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
         i = j + 1;
     }
     parts.join(",")
@@ -384,9 +444,15 @@ fn compress_ranges(ids: &[usize]) -> String {
 /// The state of a job (or of every task of an array job): `PENDING`, `RUNNING`,
 /// `COMPLETED`, `FAILED`, `CANCELLED`, ... from `squeue`, else `scontrol show job`.
 pub fn job_states(id: &str) -> Vec<String> {
-    let q = Command::new("squeue").args(["-h", "-j", id, "-o", "%T"]).output();
+    let q = Command::new("squeue")
+        .args(["-h", "-j", id, "-o", "%T"])
+        .output();
     if let Ok(o) = q {
-        let states: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let states: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         if !states.is_empty() {
             return states;
         }
@@ -414,9 +480,12 @@ pub fn is_live(id: &str) -> bool {
         let _ = Command::new("scancel").arg(id).output();
         return false;
     }
-    job_states(id)
-        .iter()
-        .any(|s| matches!(s.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "SUSPENDED"))
+    job_states(id).iter().any(|s| {
+        matches!(
+            s.as_str(),
+            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "SUSPENDED"
+        )
+    })
 }
 
 /// Wait until none of `ids` is queued or running (polling squeue).
@@ -435,11 +504,23 @@ pub fn wait(ids: &[String], cancel: &crate::stage::Cancel) -> anyhow::Result<()>
 /// scancel every live job of the pipeline; returns the ids cancelled.
 pub fn cancel_all(workdir: &Path) -> anyhow::Result<Vec<String>> {
     let jobs = JobsFile::load(workdir);
-    let live: Vec<String> = jobs.stages.values().flatten().map(|r| r.id.clone()).filter(|i| is_live(i)).collect();
+    let live: Vec<String> = jobs
+        .stages
+        .values()
+        .flatten()
+        .map(|r| r.id.clone())
+        .filter(|i| is_live(i))
+        .collect();
     if !live.is_empty() {
-        let o = Command::new("scancel").args(&live).output().context("running scancel")?;
+        let o = Command::new("scancel")
+            .args(&live)
+            .output()
+            .context("running scancel")?;
         if !o.status.success() {
-            bail!("scancel failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            bail!(
+                "scancel failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
         }
     }
     Ok(live)

@@ -105,14 +105,23 @@ pub struct ModelCard {
 impl ModelCard {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}: is this a model folder (config.json + model.safetensors)?", path.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {}: is this a model folder (config.json + model.safetensors)?",
+                path.display()
+            )
+        })?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
         let (model, diffusion) = match v.get("model") {
-            Some(m) => (m.clone(), v.get("diffusion").cloned().unwrap_or(Value::Null)),
+            Some(m) => (
+                m.clone(),
+                v.get("diffusion").cloned().unwrap_or(Value::Null),
+            ),
             None => (v.clone(), Value::Null),
         };
-        let unet = UnetConfig::from_json(&model.to_string()).with_context(|| format!("the network config in {}", path.display()))?;
+        let unet = UnetConfig::from_json(&model.to_string())
+            .with_context(|| format!("the network config in {}", path.display()))?;
         // A trained stage (`relay-stage/1`) keeps its blur settings under `diffusion.loss`.
         let (kind, settings) = match &diffusion {
             Value::String(s) => (Some(s.clone()), Value::Null),
@@ -122,7 +131,10 @@ impl ModelCard {
                     merge_json(&mut settings, loss);
                 }
                 (
-                    o.get("kind").or_else(|| o.get("type")).and_then(Value::as_str).map(str::to_string),
+                    o.get("kind")
+                        .or_else(|| o.get("type"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     settings,
                 )
             }
@@ -136,7 +148,9 @@ impl ModelCard {
             .unwrap_or(unet.img_resolution);
         // Sampler defaults, bare or tagged by sampler (`{"edm": {...}}`, `{"blur": {...}}`).
         let sampler = match v.get("sampler") {
-            Some(Value::Object(o)) if o.len() == 1 && (o.contains_key("edm") || o.contains_key("blur")) => {
+            Some(Value::Object(o))
+                if o.len() == 1 && (o.contains_key("edm") || o.contains_key("blur")) =>
+            {
                 o.values().next().cloned().unwrap_or(Value::Null)
             }
             Some(other) => other.clone(),
@@ -168,12 +182,21 @@ fn merge_json(base: &mut Value, over: &Value) {
 impl ChainStage {
     /// Load a stage model; `position` 0 samples from noise (EDM), later ones are relay stages.
     /// `overrides` are the user's sampler settings for this stage.
-    pub fn load(name: &str, dir: &Path, position: usize, overrides: &Value, device: &Device) -> anyhow::Result<Self> {
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        position: usize,
+        overrides: &Value,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let card = ModelCard::load(dir)?;
         let relay = match card.diffusion.as_deref() {
             Some("edm") => false,
             Some("relay") | Some("blur") => true,
-            Some(other) => bail!("{}: unknown diffusion `{other}` (edm or relay)", dir.display()),
+            Some(other) => bail!(
+                "{}: unknown diffusion `{other}` (edm or relay)",
+                dir.display()
+            ),
             None => position > 0,
         };
         if relay && position == 0 {
@@ -189,7 +212,12 @@ impl ChainStage {
         // user's settings. A relay stage's blur schedule must be the one it was trained with.
         let mut settings = Value::Object(Default::default());
         if relay {
-            for (from, to) in [("up_scale", "up_scale"), ("blur_sigma_max", "blur_sigma_max"), ("prob_length", "truncation_t"), ("min_scale", "min_scale")] {
+            for (from, to) in [
+                ("up_scale", "up_scale"),
+                ("blur_sigma_max", "blur_sigma_max"),
+                ("prob_length", "truncation_t"),
+                ("min_scale", "min_scale"),
+            ] {
                 if let Some(v) = card.diffusion_settings.get(from) {
                     settings[to] = v.clone();
                 }
@@ -198,12 +226,19 @@ impl ChainStage {
         merge_json(&mut settings, &card.sampler);
         merge_json(&mut settings, overrides);
         let sampler = if relay {
-            StageSampler::Blur(serde_json::from_value(settings).with_context(|| format!("sampler settings of stage `{name}`"))?)
+            StageSampler::Blur(
+                serde_json::from_value(settings)
+                    .with_context(|| format!("sampler settings of stage `{name}`"))?,
+            )
         } else {
-            StageSampler::Edm(serde_json::from_value(settings).with_context(|| format!("sampler settings of stage `{name}`"))?)
+            StageSampler::Edm(
+                serde_json::from_value(settings)
+                    .with_context(|| format!("sampler settings of stage `{name}`"))?,
+            )
         };
         let weights = dir.join("model.safetensors");
-        let sha256 = crate::util::sha256_file(&weights).with_context(|| format!("reading {}", weights.display()))?;
+        let sha256 = crate::util::sha256_file(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?;
         let vb = checkpoint::load_weights(&weights, &card.unet, DType::F32, device)?;
         let net = EdmPrecond::new(vb, &card.unet)?;
         Ok(Self {
@@ -273,22 +308,41 @@ impl Chain {
     }
 
     /// Generate the images of `seeds` (one batch).
-    pub fn generate(&self, seeds: &[u64], mode: LabelMode, device: &Device) -> anyhow::Result<Generated> {
+    pub fn generate(
+        &self,
+        seeds: &[u64],
+        mode: LabelMode,
+        device: &Device,
+    ) -> anyhow::Result<Generated> {
         let mut noise = SeedNoise::new(seeds);
         let first = &self.stages[0];
         let res = first.resolution;
-        let latents = noise.randn(&[first.net.config().in_channels, res, res], DType::F64, device)?;
+        let latents = noise.randn(
+            &[first.net.config().in_channels, res, res],
+            DType::F64,
+            device,
+        )?;
         let label_dim = self.label_dim();
         let (labels, classes) = if label_dim == 0 {
             (None, vec![None; seeds.len()])
         } else {
             let classes: Vec<usize> = match mode {
-                LabelMode::Balanced => seeds.iter().map(|&s| (s % label_dim as u64) as usize).collect(),
+                LabelMode::Balanced => seeds
+                    .iter()
+                    .map(|&s| (s % label_dim as u64) as usize)
+                    .collect(),
                 LabelMode::Fixed(k) if k < label_dim => vec![k; seeds.len()],
-                LabelMode::Fixed(k) => bail!("class {k} does not exist: the model has {label_dim} classes"),
+                LabelMode::Fixed(k) => {
+                    bail!("class {k} does not exist: the model has {label_dim} classes")
+                }
                 LabelMode::Random => {
                     let onehot = noise.random_class_labels(label_dim, DType::F64, device)?;
-                    onehot.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect()
+                    onehot
+                        .argmax(1)?
+                        .to_vec1::<u32>()?
+                        .into_iter()
+                        .map(|c| c as usize)
+                        .collect()
                 }
             };
             let t = match mode {
@@ -301,7 +355,9 @@ impl Chain {
         let mut x: Option<Tensor> = None;
         for stage in &self.stages {
             let out = match (&stage.sampler, &x) {
-                (StageSampler::Edm(cfg), None) => edm_sampler(&stage.net, &latents, labels.as_ref(), cfg, &mut noise, None)?,
+                (StageSampler::Edm(cfg), None) => {
+                    edm_sampler(&stage.net, &latents, labels.as_ref(), cfg, &mut noise, None)?
+                }
                 (StageSampler::Blur(cfg), Some(prev)) => {
                     let up = upsample_nearest(prev, cfg.up_scale)?;
                     blur_sampler(&stage.net, &up, labels.as_ref(), cfg, &mut noise, None)?
@@ -357,7 +413,8 @@ pub fn model_dirs(
         return explicit
             .iter()
             .map(|m| {
-                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None).with_context(|| format!("model `{m}`"))?;
+                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None)
+                    .with_context(|| format!("model `{m}`"))?;
                 let pinned = r.commit().map(|_| r.record());
                 Ok((m.clone(), r.path().to_path_buf(), pinned))
             })

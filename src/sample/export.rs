@@ -28,7 +28,11 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Vec<Row>> {
         );
     }
     let (cols, rows) = crate::manifest::read_rows(&path)?;
-    let ci = |n: &str| cols.iter().position(|c| c == n).with_context(|| format!("manifest has no `{n}` column"));
+    let ci = |n: &str| {
+        cols.iter()
+            .position(|c| c == n)
+            .with_context(|| format!("manifest has no `{n}` column"))
+    };
     let (s, k, l) = (ci("shard")?, ci("key")?, ci("label")?);
     Ok(rows
         .into_iter()
@@ -69,7 +73,11 @@ impl ShardReader {
 /// The `.npy` header for a C-ordered array (format 1.0, padded to 64 bytes).
 fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     let total = 10 + dict.len() + 1;
     dict.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
@@ -86,11 +94,18 @@ pub fn export_npz(samples: &Path, out: &Path) -> anyhow::Result<usize> {
     if rows.is_empty() {
         bail!("the manifest in {} is empty", samples.display());
     }
-    let mut reader = ShardReader { dir: samples.to_path_buf(), open: None };
-    let first = crate::data::image::decode_rgb(&reader.png(&rows[0].shard, &rows[0].key)?, &rows[0].key)?;
+    let mut reader = ShardReader {
+        dir: samples.to_path_buf(),
+        open: None,
+    };
+    let first =
+        crate::data::image::decode_rgb(&reader.png(&rows[0].shard, &rows[0].key)?, &rows[0].key)?;
     let (w, h) = first.dimensions();
     let tmp = out.with_extension("npz.tmp");
-    let file = BufWriter::with_capacity(1 << 20, File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let file = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     let mut zip = zip::ZipWriter::new(file);
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
@@ -123,14 +138,18 @@ pub fn export_npz(samples: &Path, out: &Path) -> anyhow::Result<usize> {
 /// Write `samples` as an EDM-style PNG tree under `out`. Returns N.
 pub fn export_png_dir(samples: &Path, out: &Path) -> anyhow::Result<usize> {
     let rows = read_manifest(samples)?;
-    let mut reader = ShardReader { dir: samples.to_path_buf(), open: None };
+    let mut reader = ShardReader {
+        dir: samples.to_path_buf(),
+        open: None,
+    };
     for (i, r) in rows.iter().enumerate() {
         let dir = out.join(format!("{:05}", i / 1000 * 1000));
         if i % 1000 == 0 {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let path = dir.join(format!("img{i:08}.png"));
-        std::fs::write(&path, reader.png(&r.shard, &r.key)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, reader.png(&r.shard, &r.key)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(rows.len())
 }
@@ -144,7 +163,9 @@ mod tests {
         let h = npy_header("|u1", &[5, 32, 32, 3]);
         assert_eq!(h.len() % 64, 0);
         let text = String::from_utf8_lossy(&h[10..]);
-        assert!(text.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }"));
+        assert!(
+            text.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }")
+        );
         assert!(text.ends_with('\n'));
         let h1 = npy_header("<i8", &[7]);
         assert!(String::from_utf8_lossy(&h1).contains("'shape': (7,)"));

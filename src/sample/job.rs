@@ -151,7 +151,11 @@ pub fn run_shard(
                 Cell::U64(id),
                 Cell::U64(seed),
                 g.classes[j].map(|c| c as i64).into(),
-                Cell::Str(if cls.is_some() { rows.label_mode.word() } else { "none".into() }),
+                Cell::Str(if cls.is_some() {
+                    rows.label_mode.word()
+                } else {
+                    "none".into()
+                }),
                 Cell::Str(plan.tar_name()),
                 Cell::Str(k),
                 Cell::Str(sha),
@@ -169,7 +173,10 @@ pub fn run_shard(
     tar.finish()?;
     part.finish()?;
     let total = started.elapsed().as_secs_f64();
-    Ok(ShardTiming { generate, other: total - generate })
+    Ok(ShardTiming {
+        generate,
+        other: total - generate,
+    })
 }
 
 /// What the merge found.
@@ -182,7 +189,11 @@ pub struct MergeSummary {
 /// Check that every shard is committed and every seed appears exactly once, then write
 /// `manifest.parquet` (seed order) and `preview.png`, and drop the parts.
 pub fn merge(out: &Path, plans: &[ShardPlan], preview: usize) -> anyhow::Result<MergeSummary> {
-    let missing: Vec<usize> = plans.iter().filter(|p| !shard_done(out, p)).map(|p| p.index).collect();
+    let missing: Vec<usize> = plans
+        .iter()
+        .filter(|p| !shard_done(out, p))
+        .map(|p| p.index)
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{} of {} shards are not complete (first: {}); run the missing ones (relay exec ... --shard) or rerun the stage",
@@ -200,7 +211,12 @@ pub fn merge(out: &Path, plans: &[ShardPlan], preview: usize) -> anyhow::Result<
         let (id_col, seed_col) = (ci("sample_id"), ci("seed"));
         let got: Vec<(u64, u64)> = rows
             .iter()
-            .map(|r| (r[id_col].as_u64().unwrap_or(u64::MAX), r[seed_col].as_u64().unwrap_or(u64::MAX)))
+            .map(|r| {
+                (
+                    r[id_col].as_u64().unwrap_or(u64::MAX),
+                    r[seed_col].as_u64().unwrap_or(u64::MAX),
+                )
+            })
             .collect();
         if got != plan.seeds {
             bail!(
@@ -217,7 +233,10 @@ pub fn merge(out: &Path, plans: &[ShardPlan], preview: usize) -> anyhow::Result<
     seen.sort_unstable();
     seen.dedup();
     if seen.len() != total {
-        bail!("the merged manifest would hold {} duplicate seeds", total - seen.len());
+        bail!(
+            "the merged manifest would hold {} duplicate seeds",
+            total - seen.len()
+        );
     }
     let rows = crate::manifest::concat(&out.join("manifest.parquet"), sample_schema(), &parts)?;
     write_preview(out, plans, preview)?;
@@ -257,7 +276,11 @@ pub fn grid(images: &[RgbImage], cols: usize) -> RgbImage {
     let cols = cols.min(images.len()).max(1) as u32;
     let rows = (images.len() as u32).div_ceil(cols);
     let gap = 2;
-    let mut g = RgbImage::from_pixel(cols * (w + gap) - gap, rows * (h + gap) - gap, image::Rgb([255, 255, 255]));
+    let mut g = RgbImage::from_pixel(
+        cols * (w + gap) - gap,
+        rows * (h + gap) - gap,
+        image::Rgb([255, 255, 255]),
+    );
     for (i, img) in images.iter().enumerate() {
         let (cx, cy) = ((i as u32 % cols) * (w + gap), (i as u32 / cols) * (h + gap));
         image::imageops::replace(&mut g, img, cx as i64, cy as i64);

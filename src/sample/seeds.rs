@@ -13,8 +13,14 @@ impl Seeds {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.split_once('-') {
                 Some((a, b)) => {
-                    let a: u64 = a.trim().parse().map_err(|_| format!("`{part}`: `{a}` is not a seed"))?;
-                    let b: u64 = b.trim().parse().map_err(|_| format!("`{part}`: `{b}` is not a seed"))?;
+                    let a: u64 = a
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{part}`: `{a}` is not a seed"))?;
+                    let b: u64 = b
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{part}`: `{b}` is not a seed"))?;
                     if b < a {
                         return Err(format!("`{part}`: the range ends before it starts"));
                     }
@@ -23,7 +29,10 @@ impl Seeds {
                     }
                     out.extend(a..=b);
                 }
-                None => out.push(part.parse().map_err(|_| format!("`{part}` is not a seed"))?),
+                None => out.push(
+                    part.parse()
+                        .map_err(|_| format!("`{part}` is not a seed"))?,
+                ),
             }
         }
         Self::from_vec(out)
@@ -74,7 +83,10 @@ mod tests {
 
     #[test]
     fn ranges_and_lists() {
-        assert_eq!(Seeds::parse("0-3, 10,12-13").unwrap().0, vec![0, 1, 2, 3, 10, 12, 13]);
+        assert_eq!(
+            Seeds::parse("0-3, 10,12-13").unwrap().0,
+            vec![0, 1, 2, 3, 10, 12, 13]
+        );
         assert!(Seeds::parse("5-3").is_err());
         assert!(Seeds::parse("1,1").is_err());
         assert!(Seeds::parse("x").is_err());

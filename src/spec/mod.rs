@@ -105,12 +105,18 @@ pub struct VarOverride {
 impl std::str::FromStr for VarOverride {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, v) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected name=value"))?;
+        let (name, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected name=value"))?;
         if name.is_empty() {
             return Err(format!("`{s}`: expected name=value"));
         }
         let value = serde_yaml::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.into()));
-        Ok(Self { text: s.to_string(), name: name.to_string(), value })
+        Ok(Self {
+            text: s.to_string(),
+            name: name.to_string(),
+            value,
+        })
     }
 }
 
@@ -120,7 +126,11 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<PipelineSpec, SpecErr
 }
 
 /// Load a pipeline file, replace `vars:` entries, and apply `overrides`.
-pub fn load_with_vars(path: &Path, overrides: &[Override], var_overrides: &[VarOverride]) -> Result<PipelineSpec, SpecErrors> {
+pub fn load_with_vars(
+    path: &Path,
+    overrides: &[Override],
+    var_overrides: &[VarOverride],
+) -> Result<PipelineSpec, SpecErrors> {
     let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let source = std::fs::read_to_string(&file).map_err(|e| {
         SpecError::new(&file, format!("cannot read the pipeline file: {e}"))
@@ -166,18 +176,33 @@ pub fn load_with_vars(path: &Path, overrides: &[Override], var_overrides: &[VarO
     for v in var_overrides {
         if !vars.contains_key(&v.name) {
             let names: Vec<&String> = vars.keys().collect();
-            return Err(SpecError::new("<command line>", format!("`--var {}`: the pipeline has no variable `{}`", v.text, v.name))
-                .hint_opt(
-                    crate::util::did_you_mean(&v.name, &names)
-                        .map(|s| format!("did you mean `{s}`?"))
-                        .or_else(|| Some(format!("variables: {}", vars.keys().cloned().collect::<Vec<_>>().join(", ")))),
-                )
-                .into());
+            return Err(SpecError::new(
+                "<command line>",
+                format!(
+                    "`--var {}`: the pipeline has no variable `{}`",
+                    v.text, v.name
+                ),
+            )
+            .hint_opt(
+                crate::util::did_you_mean(&v.name, &names)
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .or_else(|| {
+                        Some(format!(
+                            "variables: {}",
+                            vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ))
+                    }),
+            )
+            .into());
         }
         vars.insert(v.name.clone(), v.value.clone());
     }
     let default_resources = wire.resources.clone().unwrap_or_default();
-    if let Some(e) = wire.executor.as_deref().filter(|e| !["local", "slurm"].contains(e)) {
+    if let Some(e) = wire
+        .executor
+        .as_deref()
+        .filter(|e| !["local", "slurm"].contains(e))
+    {
         return Err(SpecError::new(&file, format!("unknown executor `{e}`"))
             .at(locate::locate(&source, &["executor"]))
             .hint("use `local` or `slurm`")
@@ -274,7 +299,11 @@ pub fn load_with_vars(path: &Path, overrides: &[Override], var_overrides: &[VarO
                 name_template: st.name.clone(),
                 retries: st.retries,
                 description: st.description.clone(),
-                resources: st.resources.clone().unwrap_or_default().over(&default_resources),
+                resources: st
+                    .resources
+                    .clone()
+                    .unwrap_or_default()
+                    .over(&default_resources),
             })
         })();
         match resolved {

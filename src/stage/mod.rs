@@ -15,10 +15,10 @@ pub mod context;
 pub mod downsample;
 pub mod params;
 pub mod publish;
+pub mod sample;
 pub mod shard;
 pub mod source;
 pub mod train;
-pub mod sample;
 
 use std::sync::Arc;
 

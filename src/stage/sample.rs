@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_params, Outcome, ParamError, Params, PlanContext, Resources, StageContext, StageKind};
+use super::{
+    parse_params, Outcome, ParamError, Params, PlanContext, Resources, StageContext, StageKind,
+};
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
 use crate::sample::chain::{model_dirs, Chain, ChainStage, LabelMode, ModelCard};
@@ -72,11 +74,17 @@ impl StageKind for Sample {
         let p: SampleParams = parse_params(with)?;
         if let Some(c) = p.count {
             if c != p.seeds.len() {
-                return Err(ParamError::new("count", format!("count is {c} but `seeds` has {} seeds", p.seeds.len())));
+                return Err(ParamError::new(
+                    "count",
+                    format!("count is {c} but `seeds` has {} seeds", p.seeds.len()),
+                ));
             }
         }
         if p.samples_per_shard == 0 || p.batch == 0 {
-            return Err(ParamError::new("batch", "`batch` and `samples_per_shard` must be at least 1"));
+            return Err(ParamError::new(
+                "batch",
+                "`batch` and `samples_per_shard` must be at least 1",
+            ));
         }
         for (name, v) in &p.stages {
             let j = to_json(v);
@@ -85,7 +93,9 @@ impl StageKind for Sample {
             if let (Err(a), Err(b)) = (edm, blur) {
                 return Err(ParamError::new(
                     format!("stages.{name}"),
-                    format!("not valid sampler settings (as an EDM stage: {a}; as a relay stage: {b})"),
+                    format!(
+                        "not valid sampler settings (as an EDM stage: {a}; as a relay stage: {b})"
+                    ),
                 ));
             }
         }
@@ -97,7 +107,11 @@ impl StageKind for Sample {
     fn shards(&self, with: &Params, out: &std::path::Path) -> Option<(usize, Vec<usize>)> {
         let p: SampleParams = parse_params(with).ok()?;
         let plans = plan_shards(&p.seeds.0, p.samples_per_shard);
-        let missing = plans.iter().filter(|s| !shard_done(out, s)).map(|s| s.index).collect();
+        let missing = plans
+            .iter()
+            .filter(|s| !shard_done(out, s))
+            .map(|s| s.index)
+            .collect();
         Some((plans.len(), missing))
     }
     fn resources(&self, _with: &Params) -> Resources {
@@ -112,13 +126,16 @@ impl StageKind for Sample {
             // branch name): a moved branch makes the stage stale.
             if crate::hub::HfUri::is_hf(m) {
                 let uri = crate::hub::HfUri::parse(m)?;
-                let commit = crate::hub::Hub::new(None)?.resolve_commit(&uri).with_context(|| format!("model `{m}`"))?;
+                let commit = crate::hub::Hub::new(None)?
+                    .resolve_commit(&uri)
+                    .with_context(|| format!("model `{m}`"))?;
                 models.insert(m.clone(), Value::String(uri.pinned(&commit)));
                 continue;
             }
             let dir = cx.pipeline_dir.join(m);
-            let digest = crate::exec::fresh::digest_path(&dir)
-                .with_context(|| format!("model folder `{m}` ({}) cannot be read", dir.display()))?;
+            let digest = crate::exec::fresh::digest_path(&dir).with_context(|| {
+                format!("model folder `{m}` ({}) cannot be read", dir.display())
+            })?;
             models.insert(m.clone(), Value::String(digest));
         }
         Ok(serde_json::json!({ "models": models }))
@@ -145,7 +162,8 @@ impl StageKind for Sample {
                 .or_else(|| p.stages.get(&pos.to_string()))
                 .map(to_json)
                 .unwrap_or(Value::Null);
-            let mut stage = ChainStage::load(name, dir, pos, &overrides, &device).with_context(|| format!("loading model `{name}`"))?;
+            let mut stage = ChainStage::load(name, dir, pos, &overrides, &device)
+                .with_context(|| format!("loading model `{name}`"))?;
             if let Some(pinned) = pinned {
                 // Manifests record the Hub reference at its commit, not the cache path.
                 stage.checkpoint.path = pinned.clone();
@@ -153,19 +171,34 @@ impl StageKind for Sample {
             stages.push(stage);
         }
         for k in p.stages.keys() {
-            let known = cards.iter().enumerate().any(|(i, c)| &c.1 == k || &i.to_string() == k);
+            let known = cards
+                .iter()
+                .enumerate()
+                .any(|(i, c)| &c.1 == k || &i.to_string() == k);
             if !known {
                 let names: Vec<&str> = cards.iter().map(|c| c.1.as_str()).collect();
-                bail!("`stages.{k}`: there is no model `{k}` (models: {})", names.join(", "));
+                bail!(
+                    "`stages.{k}`: there is no model `{k}` (models: {})",
+                    names.join(", ")
+                );
             }
         }
         let chain = Chain::new(stages)?;
         cx.progress.log(format!(
             "chain: {} ({}px), {} seeds, labels {}",
-            chain.stages.iter().map(|s| format!("{} {}px", s.name, s.resolution)).collect::<Vec<_>>().join(" -> "),
+            chain
+                .stages
+                .iter()
+                .map(|s| format!("{} {}px", s.name, s.resolution))
+                .collect::<Vec<_>>()
+                .join(" -> "),
             chain.resolution(),
             p.seeds.len(),
-            if chain.label_dim() > 0 { p.labels.word() } else { "none (unconditional)".into() }
+            if chain.label_dim() > 0 {
+                p.labels.word()
+            } else {
+                "none (unconditional)".into()
+            }
         ));
 
         let plans = plan_shards(&p.seeds.0, p.samples_per_shard);
@@ -179,7 +212,11 @@ impl StageKind for Sample {
         cx.progress.start(Some(total as u64), "images");
         cx.progress.set_position((total - left) as u64);
         if left < total {
-            cx.progress.log(format!("resuming: {} of {} shards already done", mine.len() - todo.len(), mine.len()));
+            cx.progress.log(format!(
+                "resuming: {} of {} shards already done",
+                mine.len() - todo.len(),
+                mine.len()
+            ));
         }
         let rows = RowContext {
             label_mode: p.labels,
@@ -193,7 +230,16 @@ impl StageKind for Sample {
         let mut timing = crate::sample::job::ShardTiming::default();
         for plan in todo {
             cx.progress.message(format!("shard {}", plan.index));
-            timing += run_shard(&chain, plan, &cx.out, p.batch, &rows, &device, &cx.cancel, |n| cx.progress.inc(n as u64))?;
+            timing += run_shard(
+                &chain,
+                plan,
+                &cx.out,
+                p.batch,
+                &rows,
+                &device,
+                &cx.cancel,
+                |n| cx.progress.inc(n as u64),
+            )?;
         }
         let mut info = serde_json::Map::new();
         info.insert("seeds".into(), Value::from(p.seeds.len()));
@@ -209,11 +255,22 @@ impl StageKind for Sample {
         }
         if cx.shard.is_some() {
             // A worker only makes its shards; a run without --shard merges.
-            return Ok(Outcome { images: Some(left as u64), info, partial: true });
+            return Ok(Outcome {
+                images: Some(left as u64),
+                info,
+                partial: true,
+            });
         }
         let summary = merge(&cx.out, &plans, p.preview)?;
-        cx.progress.log(format!("manifest: {} rows in {} shards", summary.rows, summary.shards));
+        cx.progress.log(format!(
+            "manifest: {} rows in {} shards",
+            summary.rows, summary.shards
+        ));
         info.insert("shards".into(), Value::from(summary.shards));
-        Ok(Outcome { images: Some(summary.rows), info, partial: false })
+        Ok(Outcome {
+            images: Some(summary.rows),
+            info,
+            partial: false,
+        })
     }
 }

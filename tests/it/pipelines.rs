@@ -35,7 +35,12 @@ fn image_folder(dir: &Path, classes: &[&str], n: u64, side: u32) {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
         for i in 0..n {
-            let (img, _) = relay::data::shapes::render(7, i * classes.len() as u64 + c as u64, classes.len(), side);
+            let (img, _) = relay::data::shapes::render(
+                7,
+                i * classes.len() as u64 + c as u64,
+                classes.len(),
+                side,
+            );
             img.save(d.join(format!("img{i:03}.png"))).unwrap();
         }
     }
@@ -60,7 +65,9 @@ fn tiny_train(stage: &str) -> Vec<String> {
 }
 
 fn args_of(v: &[String]) -> Vec<String> {
-    v.iter().flat_map(|s| ["-s".to_string(), s.clone()]).collect()
+    v.iter()
+        .flat_map(|s| ["-s".to_string(), s.clone()])
+        .collect()
 }
 
 fn statuses(r: &Run, stages: &[&str]) -> Vec<String> {
@@ -87,29 +94,50 @@ fn quickstart_runs_end_to_end_then_is_fully_cached() {
     sets.extend(["shards.samples_per_shard=16".to_string()]);
     args.extend(args_of(&sets));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz"];
+    let stages = [
+        "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz",
+    ];
 
     let r = run_pipeline(&p, "quickstart.yaml", &refs);
     r.code(0);
-    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    assert!(
+        statuses(&r, &stages).iter().all(|s| s == "ok"),
+        "{}",
+        r.stdout
+    );
     let r2 = run_pipeline(&p, "quickstart.yaml", &refs);
     r2.code(0);
-    assert!(statuses(&r2, &stages).iter().all(|s| s == "cached"), "{}", r2.stdout);
+    assert!(
+        statuses(&r2, &stages).iter().all(|s| s == "cached"),
+        "{}",
+        r2.stdout
+    );
 
     let runs = p.path().join("runs");
     let (_, rows) = relay::manifest::read_rows(&runs.join("samples/manifest.parquet")).unwrap();
     assert_eq!(rows.len(), 8, "one row per seed");
     // The npz holds arr_0 uint8 [8, 32, 32, 3].
-    let mut z = zip::ZipArchive::new(std::fs::File::open(runs.join("npz/samples.npz")).unwrap()).unwrap();
+    let mut z =
+        zip::ZipArchive::new(std::fs::File::open(runs.join("npz/samples.npz")).unwrap()).unwrap();
     let mut head = [0u8; 128];
     std::io::Read::read_exact(&mut z.by_name("arr_0.npy").unwrap(), &mut head).unwrap();
     assert!(String::from_utf8_lossy(&head).contains("'shape': (8, 16, 16, 3)"));
     // The local hub folder: model card, configs, weights.
-    for f in ["README.md", "config.json", "base/model.safetensors", "base/config.json", "relay/model.safetensors", "relay/config.json"] {
+    for f in [
+        "README.md",
+        "config.json",
+        "base/model.safetensors",
+        "base/config.json",
+        "relay/model.safetensors",
+        "relay/config.json",
+    ] {
         assert!(hub.join(f).is_file(), "missing {f} in the local hub folder");
     }
     let card = std::fs::read_to_string(hub.join("README.md")).unwrap();
-    assert!(card.starts_with("---\n") && card.contains("library_name: relay"), "{card}");
+    assert!(
+        card.starts_with("---\n") && card.contains("library_name: relay"),
+        "{card}"
+    );
 }
 
 #[test]
@@ -127,20 +155,39 @@ fn imagenet_256_runs_on_a_tiny_substitute() {
         "samples.stages.relay.rho=7".into(),
         format!("hub.local={}", p.path().join("hub").display()),
     ]);
-    let mut args: Vec<String> = ["--var", &format!("data={}", data.display()), "--var", "hi=32", "--var", "lo=8", "--var", "seeds=0-3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--var",
+        &format!("data={}", data.display()),
+        "--var",
+        "hi=32",
+        "--var",
+        "lo=8",
+        "--var",
+        "seeds=0-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(args_of(&sets));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run_pipeline(&p, "imagenet-256.yaml", &refs);
     r.code(0);
-    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "fid"];
-    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    let stages = [
+        "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "fid",
+    ];
+    assert!(
+        statuses(&r, &stages).iter().all(|s| s == "ok"),
+        "{}",
+        r.stdout
+    );
     // Class-balanced labels: seed mod classes.
-    let (cols, rows) = relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
+    let (cols, rows) =
+        relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
     let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
-    let labels: Vec<i64> = rows.iter().map(|r| r[c("label")].as_i64().unwrap()).collect();
+    let labels: Vec<i64> = rows
+        .iter()
+        .map(|r| r[c("label")].as_i64().unwrap())
+        .collect();
     assert_eq!(labels, [0, 1, 0, 1]);
     assert_eq!(rows[0][c("label_mode")].as_str(), Some("balanced"));
     let fid = std::fs::read_to_string(p.path().join("runs/fid/fid.txt")).unwrap();
@@ -161,16 +208,31 @@ fn celebahq_256_runs_on_a_tiny_substitute() {
         "samples.stages.relay.num_steps=12".into(),
         format!("hub.local={}", p.path().join("hub").display()),
     ]);
-    let mut args: Vec<String> = ["--var", &format!("data={}", data.display()), "--var", "hi=32", "--var", "lo=8", "--var", "seeds=0-3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--var",
+        &format!("data={}", data.display()),
+        "--var",
+        "hi=32",
+        "--var",
+        "lo=8",
+        "--var",
+        "seeds=0-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(args_of(&sets));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run_pipeline(&p, "celebahq-256.yaml", &refs);
     r.code(0);
-    let stages = ["images", "shards", "pairs", "base", "relay", "samples", "hub", "npz"];
-    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
+    let stages = [
+        "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz",
+    ];
+    assert!(
+        statuses(&r, &stages).iter().all(|s| s == "ok"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -194,7 +256,16 @@ fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
         format!("hub.local={}", p.path().join("hub").display()),
     ]);
     let mut args: Vec<String> = [
-        "--var", &format!("data={}", data.display()), "--var", "top=32", "--var", "hi=16", "--var", "lo=8", "--var", "seeds=0-3",
+        "--var",
+        &format!("data={}", data.display()),
+        "--var",
+        "top=32",
+        "--var",
+        "hi=16",
+        "--var",
+        "lo=8",
+        "--var",
+        "seeds=0-3",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -203,9 +274,24 @@ fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run_pipeline(&p, "celebahq-1024.yaml", &refs);
     r.code(0);
-    let stages = ["images", "shards", "pairs", "base", "relay", "relay1024", "samples", "hub", "npz"];
-    assert!(statuses(&r, &stages).iter().all(|s| s == "ok"), "{}", r.stdout);
-    let (cols, rows) = relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
+    let stages = [
+        "images",
+        "shards",
+        "pairs",
+        "base",
+        "relay",
+        "relay1024",
+        "samples",
+        "hub",
+        "npz",
+    ];
+    assert!(
+        statuses(&r, &stages).iter().all(|s| s == "ok"),
+        "{}",
+        r.stdout
+    );
+    let (cols, rows) =
+        relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
     let c = cols.iter().position(|x| x == "resolution").unwrap();
     assert_eq!(rows[0][c].as_u64(), Some(32));
 }

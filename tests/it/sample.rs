@@ -17,23 +17,41 @@ pub fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
     let dev = Device::Cpu;
     EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
     let mut rng = relay::diffusion::rng::Stream::new(seed);
-    let mut vars = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    let mut vars = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<Vec<_>>();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in vars {
-        let vals: Vec<f32> = rng.normal(v.elem_count()).into_iter().map(|x| (x * 0.05) as f32).collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap()).unwrap();
+        let vals: Vec<f32> = rng
+            .normal(v.elem_count())
+            .into_iter()
+            .map(|x| (x * 0.05) as f32)
+            .collect();
+        v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
+            .unwrap();
     }
     checkpoint::save_model_dir(dir, &varmap, &cfg).unwrap();
-    let model: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let card = match relay {
-        None => serde_json::json!({ "model": model, "diffusion": { "kind": "edm" }, "resolution": res }),
+        None => {
+            serde_json::json!({ "model": model, "diffusion": { "kind": "edm" }, "resolution": res })
+        }
         Some(up) => serde_json::json!({
             "model": model,
             "diffusion": { "kind": "relay", "up_scale": up, "blur_sigma_max": 2.0, "prob_length": 0.93 },
             "resolution": res
         }),
     };
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&card).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&card).unwrap(),
+    )
+    .unwrap();
 }
 
 fn project() -> Project {
@@ -53,7 +71,12 @@ fn shas(manifest: &Path) -> BTreeMap<u64, String> {
     let seed = cols.iter().position(|c| c == "seed").unwrap();
     let sha = cols.iter().position(|c| c == "sha256").unwrap();
     rows.iter()
-        .map(|r| (r[seed].as_u64().unwrap(), r[sha].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r[seed].as_u64().unwrap(),
+                r[sha].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -71,14 +94,20 @@ fn two_stage_job_writes_shards_manifest_preview_and_npz() {
     let (cols, rows) = relay::manifest::read_rows(&out.join("manifest.parquet")).unwrap();
     assert_eq!(rows.len(), 12);
     let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
-    let seeds: Vec<u64> = rows.iter().map(|r| r[c("seed")].as_u64().unwrap()).collect();
+    let seeds: Vec<u64> = rows
+        .iter()
+        .map(|r| r[c("seed")].as_u64().unwrap())
+        .collect();
     assert_eq!(seeds, (0..12).collect::<Vec<_>>());
     assert_eq!(rows[0][c("resolution")].as_u64(), Some(16));
     assert_eq!(rows[0][c("label_mode")].as_str(), Some("none"));
     // NFE: EDM Heun over 4 steps = 7, plus the blur sampler's 2n - 1 over its kept steps.
     let nfe = rows[0][c("nfe")].as_u64().unwrap();
     assert!(nfe > 7, "nfe {nfe}");
-    assert!(rows[0][c("checkpoints")].as_str().unwrap().contains("sha256"));
+    assert!(rows[0][c("checkpoints")]
+        .as_str()
+        .unwrap()
+        .contains("sha256"));
 
     // The ADM evaluator's npz: arr_0 uint8 [12, 16, 16, 3].
     let r = p.run(&["export", "runs/samples", "--npz", "s.npz"]);
@@ -88,11 +117,17 @@ fn two_stage_job_writes_shards_manifest_preview_and_npz() {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut arr, &mut bytes).unwrap();
     let header = String::from_utf8_lossy(&bytes[10..128]);
-    assert!(header.contains("'descr': '|u1'") && header.contains("'shape': (12, 16, 16, 3)"), "{header}");
+    assert!(
+        header.contains("'descr': '|u1'") && header.contains("'shape': (12, 16, 16, 3)"),
+        "{header}"
+    );
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
     assert_eq!(bytes.len() - hlen, 12 * 16 * 16 * 3);
     drop(arr);
-    assert!(z.by_name("arr_1.npy").is_err(), "no labels for an unconditional model");
+    assert!(
+        z.by_name("arr_1.npy").is_err(),
+        "no labels for an unconditional model"
+    );
 
     let r = p.run(&["export", "runs/samples", "--png-dir", "pngs"]);
     r.code(0);
@@ -110,11 +145,21 @@ fn one_worker_and_three_workers_give_the_same_images() {
         let r = multi.run(&["exec", "p.yaml", "samples", "--shard", &format!("{i}/3")]);
         r.code(0);
     }
-    assert!(!multi.path().join("runs/samples").exists(), "workers do not publish");
+    assert!(
+        !multi.path().join("runs/samples").exists(),
+        "workers do not publish"
+    );
     let r = multi.run(&["run", "p.yaml"]);
     r.code(0);
-    assert!(r.stderr.contains("3 of 3 shards already done"), "{}", r.stderr);
-    assert_eq!(shas(&multi.path().join("runs/samples/manifest.parquet")), want);
+    assert!(
+        r.stderr.contains("3 of 3 shards already done"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        shas(&multi.path().join("runs/samples/manifest.parquet")),
+        want
+    );
 }
 
 #[test]
@@ -125,10 +170,23 @@ fn batch_size_does_not_change_an_image_and_a_partial_job_resumes() {
 
     let b = project();
     // One worker of two finishes its shards (0 and 2), then a full run does the rest.
-    b.run(&["exec", "p.yaml", "samples", "--shard", "0/2", "-s", "samples.batch=1"]).code(0);
+    b.run(&[
+        "exec",
+        "p.yaml",
+        "samples",
+        "--shard",
+        "0/2",
+        "-s",
+        "samples.batch=1",
+    ])
+    .code(0);
     let r = b.run(&["run", "p.yaml", "-s", "samples.batch=1"]);
     r.code(0);
-    assert!(r.stderr.contains("resuming: 2 of 3 shards already done"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("resuming: 2 of 3 shards already done"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(shas(&b.path().join("runs/samples/manifest.parquet")), want);
 }
 
@@ -165,7 +223,10 @@ fn kill_9_mid_job_then_resume_gives_the_same_bytes() {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     assert!(first_part.is_file());
-    assert!(!p.path().join("runs/samples").exists(), "nothing published after kill -9");
+    assert!(
+        !p.path().join("runs/samples").exists(),
+        "nothing published after kill -9"
+    );
 
     let r = p.run(&["run", "p.yaml", "-s", "samples.batch=1"]);
     r.code(0);

@@ -41,7 +41,14 @@ fn shas(manifest: &Path) -> BTreeMap<u64, String> {
     let (cols, rows) = relay::manifest::read_rows(manifest).unwrap();
     let seed = cols.iter().position(|c| c == "seed").unwrap();
     let sha = cols.iter().position(|c| c == "sha256").unwrap();
-    rows.iter().map(|r| (r[seed].as_u64().unwrap(), r[sha].as_str().unwrap().to_string())).collect()
+    rows.iter()
+        .map(|r| {
+            (
+                r[seed].as_u64().unwrap(),
+                r[sha].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -58,9 +65,15 @@ fn sample_stage_as_job_array_matches_a_local_run_and_resubmits_only_missing_shar
     let p = project();
     let r = p.run(&["run", "p.yaml", "--executor", "slurm", "--wait"]);
     r.code(0);
-    assert!(r.stdout.contains("array") && r.stdout.contains("merge"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("array") && r.stdout.contains("merge"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("COMPLETED x4"), "{}", r.stdout);
-    let script = std::fs::read_to_string(p.path().join("runs/.relay/slurm/samples/shards-0.sbatch")).unwrap();
+    let script =
+        std::fs::read_to_string(p.path().join("runs/.relay/slurm/samples/shards-0.sbatch"))
+            .unwrap();
     assert!(script.contains("#SBATCH --array=0-3%1"), "{script}");
     assert!(script.contains("--shard $I/4"), "{script}");
     assert_eq!(shas(&p.path().join("runs/samples/manifest.parquet")), want);
@@ -80,12 +93,20 @@ fn sample_stage_as_job_array_matches_a_local_run_and_resubmits_only_missing_shar
         .and_then(|l| l.split_whitespace().last())
         .unwrap()
         .to_string();
-    let o = std::process::Command::new("scancel").arg(format!("{array_id}_3")).output().unwrap();
+    let o = std::process::Command::new("scancel")
+        .arg(format!("{array_id}_3"))
+        .output()
+        .unwrap();
     assert!(o.status.success());
     // Wait for the rest to end (the merge job can never run: its dependency failed).
     let t0 = std::time::Instant::now();
     let jobs = relay::exec::slurm::JobsFile::load(&q.path().join("runs"));
-    let ids: Vec<String> = jobs.stages.values().flatten().map(|j| j.id.clone()).collect();
+    let ids: Vec<String> = jobs
+        .stages
+        .values()
+        .flatten()
+        .map(|j| j.id.clone())
+        .collect();
     assert_eq!(ids.len(), 2, "an array and a merge job");
     while ids.iter().any(|i| relay::exec::slurm::is_live(i)) {
         assert!(t0.elapsed().as_secs() < 120, "the array did not finish");
@@ -94,8 +115,13 @@ fn sample_stage_as_job_array_matches_a_local_run_and_resubmits_only_missing_shar
     assert!(!q.path().join("runs/samples/manifest.parquet").exists());
     let r = q.run(&["run", "p.yaml", "--executor", "slurm", "--wait"]);
     r.code(0);
-    let script = std::fs::read_to_string(q.path().join("runs/.relay/slurm/samples/shards-0.sbatch")).unwrap();
-    assert!(script.contains("#SBATCH --array=3%1"), "only the missing shard: {script}");
+    let script =
+        std::fs::read_to_string(q.path().join("runs/.relay/slurm/samples/shards-0.sbatch"))
+            .unwrap();
+    assert!(
+        script.contains("#SBATCH --array=3%1"),
+        "only the missing shard: {script}"
+    );
     assert_eq!(shas(&q.path().join("runs/samples/manifest.parquet")), want);
 }
 
@@ -105,6 +131,10 @@ fn dry_run_prints_the_scripts_without_slurm() {
     let r = p.run(&["run", "p.yaml", "--executor", "slurm", "--dry-run"]);
     r.code(0);
     assert!(r.stdout.contains("#SBATCH --array=0-3%1"), "{}", r.stdout);
-    assert!(r.stdout.contains("#SBATCH --cpus-per-task=1"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("#SBATCH --cpus-per-task=1"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("samples (merge)"), "{}", r.stdout);
 }
