@@ -98,3 +98,51 @@ impl Run {
             .to_string()
     }
 }
+
+/// Write seeded random weights of the tiny network at `res` px into `dir`
+/// (`model.safetensors` + `config.json`) and return the network config as JSON, for the
+/// caller to wrap into the `config.json` a trained stage would have.
+pub fn random_tiny_model(dir: &Path, res: usize, seed: u64) -> serde_json::Value {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use relay::model::{checkpoint, EdmPrecond, UnetConfig};
+    let cfg = UnetConfig::tiny().with_resolution(res);
+    let varmap = VarMap::new();
+    let dev = Device::Cpu;
+    EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
+    let mut rng = relay::diffusion::rng::Stream::new(seed);
+    let mut vars: Vec<_> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in vars {
+        let vals: Vec<f32> = rng
+            .normal(v.elem_count())
+            .into_iter()
+            .map(|x| (x * 0.05) as f32)
+            .collect();
+        v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
+            .unwrap();
+    }
+    checkpoint::save_model_dir(dir, &varmap, &cfg).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// seed -> sha256 of its PNG, from a sample manifest.
+pub fn shas(manifest: &Path) -> std::collections::BTreeMap<u64, String> {
+    let (cols, rows) = relay::manifest::read_rows(manifest).unwrap();
+    let seed = cols.iter().position(|c| c == "seed").unwrap();
+    let sha = cols.iter().position(|c| c == "sha256").unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r[seed].as_u64().unwrap(),
+                r[sha].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

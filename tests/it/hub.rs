@@ -3,10 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use relay::hub::{HfUri, Hub};
-use relay::model::{checkpoint, EdmPrecond, UnetConfig};
 
 use crate::common::{Project, Run};
 use crate::hub_server::HubServer;
@@ -14,31 +11,7 @@ use crate::hub_server::HubServer;
 /// A tiny randomly initialised model folder (`config.json` + `model.safetensors`), with
 /// sampler defaults and, for the base stage, cost figures as `train` writes them.
 fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
-    let cfg = UnetConfig::tiny().with_resolution(res);
-    let varmap = VarMap::new();
-    let dev = Device::Cpu;
-    EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
-    let mut rng = relay::diffusion::rng::Stream::new(seed);
-    let mut vars: Vec<_> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, v) in vars {
-        let vals: Vec<f32> = rng
-            .normal(v.elem_count())
-            .into_iter()
-            .map(|x| (x * 0.05) as f32)
-            .collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
-            .unwrap();
-    }
-    checkpoint::save_model_dir(dir, &varmap, &cfg).unwrap();
-    let model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let model = crate::common::random_tiny_model(dir, res, seed);
     let card = match relay {
         None => serde_json::json!({
             "model": model, "diffusion": { "kind": "edm" }, "resolution": res,

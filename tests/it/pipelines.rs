@@ -70,6 +70,46 @@ fn args_of(v: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Run a paper pipeline on `data` with `vars` and the tiny-train overrides of `trained`
+/// stages plus `sets`; sampling shrunk to 4 seeds in shards of 2. Asserts every stage ran.
+fn run_paper(
+    p: &Project,
+    name: &str,
+    data: &Path,
+    vars: &[&str],
+    trained: &[&str],
+    sets: &[String],
+    stages: &[&str],
+) {
+    let mut all: Vec<String> = trained.iter().flat_map(|s| tiny_train(s)).collect();
+    all.extend([
+        "samples.samples_per_shard=2".to_string(),
+        "samples.batch=4".into(),
+        "samples.stages.base.num_steps=3".into(),
+        "samples.stages.relay.num_steps=12".into(),
+        format!("hub.local={}", p.path().join("hub").display()),
+    ]);
+    all.extend(sets.iter().cloned());
+    let mut args = vec![
+        "--var".to_string(),
+        format!("data={}", data.display()),
+        "--var".into(),
+        "seeds=0-3".into(),
+    ];
+    for v in vars {
+        args.extend(["--var".to_string(), v.to_string()]);
+    }
+    args.extend(args_of(&all));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_pipeline(p, name, &refs);
+    r.code(0);
+    assert!(
+        statuses(&r, stages).iter().all(|s| s == "ok"),
+        "{}",
+        r.stdout
+    );
+}
+
 fn statuses(r: &Run, stages: &[&str]) -> Vec<String> {
     stages.iter().map(|s| r.status_of(s)).collect()
 }
@@ -145,40 +185,17 @@ fn imagenet_256_runs_on_a_tiny_substitute() {
     let p = Project::new();
     let data = p.path().join("imagenet");
     image_folder(&data, &["n01440764", "n01443537"], 6, 40);
-    let mut sets = tiny_train("base");
-    sets.extend(tiny_train("relay"));
-    sets.extend([
-        "samples.samples_per_shard=2".to_string(),
-        "samples.batch=4".into(),
-        "samples.stages.base.num_steps=3".into(),
-        "samples.stages.relay.num_steps=12".into(),
-        "samples.stages.relay.rho=7".into(),
-        format!("hub.local={}", p.path().join("hub").display()),
-    ]);
-    let mut args: Vec<String> = [
-        "--var",
-        &format!("data={}", data.display()),
-        "--var",
-        "hi=32",
-        "--var",
-        "lo=8",
-        "--var",
-        "seeds=0-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(args_of(&sets));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = run_pipeline(&p, "imagenet-256.yaml", &refs);
-    r.code(0);
     let stages = [
         "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "fid",
     ];
-    assert!(
-        statuses(&r, &stages).iter().all(|s| s == "ok"),
-        "{}",
-        r.stdout
+    run_paper(
+        &p,
+        "imagenet-256.yaml",
+        &data,
+        &["hi=32", "lo=8"],
+        &["base", "relay"],
+        &["samples.stages.relay.rho=7".into()],
+        &stages,
     );
     // Class-balanced labels: seed mod classes.
     let (cols, rows) =
@@ -199,39 +216,17 @@ fn celebahq_256_runs_on_a_tiny_substitute() {
     let p = Project::new();
     let data = p.path().join("faces");
     image_folder(&data, &["all"], 8, 48);
-    let mut sets = tiny_train("base");
-    sets.extend(tiny_train("relay"));
-    sets.extend([
-        "samples.samples_per_shard=2".to_string(),
-        "samples.batch=4".into(),
-        "samples.stages.base.num_steps=3".into(),
-        "samples.stages.relay.num_steps=12".into(),
-        format!("hub.local={}", p.path().join("hub").display()),
-    ]);
-    let mut args: Vec<String> = [
-        "--var",
-        &format!("data={}", data.display()),
-        "--var",
-        "hi=32",
-        "--var",
-        "lo=8",
-        "--var",
-        "seeds=0-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(args_of(&sets));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = run_pipeline(&p, "celebahq-256.yaml", &refs);
-    r.code(0);
     let stages = [
         "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz",
     ];
-    assert!(
-        statuses(&r, &stages).iter().all(|s| s == "ok"),
-        "{}",
-        r.stdout
+    run_paper(
+        &p,
+        "celebahq-256.yaml",
+        &data,
+        &["hi=32", "lo=8"],
+        &["base", "relay"],
+        &[],
+        &stages,
     );
 }
 
@@ -240,40 +235,16 @@ fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
     let p = Project::new();
     let data = p.path().join("faces");
     image_folder(&data, &["all"], 8, 40);
-    let mut sets = tiny_train("base");
-    sets.extend(tiny_train("relay"));
-    sets.extend(tiny_train("relay1024"));
-    sets.extend([
-        "relay.up_scale=2".to_string(),
-        "relay1024.up_scale=2".into(),
-        "samples.samples_per_shard=2".into(),
-        "samples.batch=4".into(),
-        "samples.stages.base.num_steps=3".into(),
-        "samples.stages.relay.num_steps=12".into(),
-        "samples.stages.relay.up_scale=2".into(),
-        "samples.stages.relay1024.num_steps=12".into(),
-        "samples.stages.relay1024.up_scale=2".into(),
-        format!("hub.local={}", p.path().join("hub").display()),
-    ]);
-    let mut args: Vec<String> = [
-        "--var",
-        &format!("data={}", data.display()),
-        "--var",
-        "top=32",
-        "--var",
-        "hi=16",
-        "--var",
-        "lo=8",
-        "--var",
-        "seeds=0-3",
+    let sets: Vec<String> = [
+        "relay.up_scale=2",
+        "relay1024.up_scale=2",
+        "samples.stages.relay.up_scale=2",
+        "samples.stages.relay1024.num_steps=12",
+        "samples.stages.relay1024.up_scale=2",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(args_of(&sets));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = run_pipeline(&p, "celebahq-1024.yaml", &refs);
-    r.code(0);
     let stages = [
         "images",
         "shards",
@@ -285,10 +256,14 @@ fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
         "hub",
         "npz",
     ];
-    assert!(
-        statuses(&r, &stages).iter().all(|s| s == "ok"),
-        "{}",
-        r.stdout
+    run_paper(
+        &p,
+        "celebahq-1024.yaml",
+        &data,
+        &["top=32", "hi=16", "lo=8"],
+        &["base", "relay", "relay1024"],
+        &sets,
+        &stages,
     );
     let (cols, rows) =
         relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();

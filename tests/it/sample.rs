@@ -1,42 +1,13 @@
 //! The `sample` stage: shards, manifest, preview, workers, resume and export.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use relay::model::{checkpoint, EdmPrecond, UnetConfig};
-
-use crate::common::Project;
+use crate::common::{shas, Project};
 
 /// A randomly initialised tiny model folder: `relay` = None for a base stage, or the
 /// relay stage's up-scale factor.
 pub fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
-    let cfg = UnetConfig::tiny().with_resolution(res);
-    let varmap = VarMap::new();
-    let dev = Device::Cpu;
-    EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
-    let mut rng = relay::diffusion::rng::Stream::new(seed);
-    let mut vars = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect::<Vec<_>>();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, v) in vars {
-        let vals: Vec<f32> = rng
-            .normal(v.elem_count())
-            .into_iter()
-            .map(|x| (x * 0.05) as f32)
-            .collect();
-        v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
-            .unwrap();
-    }
-    checkpoint::save_model_dir(dir, &varmap, &cfg).unwrap();
-    let model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let model = crate::common::random_tiny_model(dir, res, seed);
     let card = match relay {
         None => {
             serde_json::json!({ "model": model, "diffusion": { "kind": "edm" }, "resolution": res })
@@ -63,21 +34,6 @@ fn project() -> Project {
         "name: s\nworkdir: runs\nstages:\n  samples:\n    uses: sample\n    with:\n      seeds: 0-11\n      samples_per_shard: 4\n      batch: 3\n      models: [models/base, models/relay]\n      stages: { models/base: { num_steps: 4 }, models/relay: { num_steps: 10 } }\n",
     );
     p
-}
-
-/// seed -> sha256 of its PNG, from a manifest.
-fn shas(manifest: &Path) -> BTreeMap<u64, String> {
-    let (cols, rows) = relay::manifest::read_rows(manifest).unwrap();
-    let seed = cols.iter().position(|c| c == "seed").unwrap();
-    let sha = cols.iter().position(|c| c == "sha256").unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                r[seed].as_u64().unwrap(),
-                r[sha].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]

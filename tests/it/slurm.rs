@@ -2,10 +2,7 @@
 //! which `.ci/run` calls): a sample stage as a job array plus a merge job, identical to a
 //! local run, and a killed task resubmitted alone.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use crate::common::Project;
+use crate::common::{shas, Project};
 use crate::sample::model_dir;
 
 /// Whether a Slurm controller answers. Without one the tests say so loudly; with
@@ -35,20 +32,6 @@ fn project() -> Project {
     model_dir(&p.path().join("models/relay"), 16, Some(2), 2);
     p.write("p.yaml", PIPELINE);
     p
-}
-
-fn shas(manifest: &Path) -> BTreeMap<u64, String> {
-    let (cols, rows) = relay::manifest::read_rows(manifest).unwrap();
-    let seed = cols.iter().position(|c| c == "seed").unwrap();
-    let sha = cols.iter().position(|c| c == "sha256").unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                r[seed].as_u64().unwrap(),
-                r[sha].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
