@@ -574,3 +574,89 @@ fn throughput() {
         );
     }
 }
+
+/// kill -9 in the middle of training, then rerun: training resumes from the last snapshot
+/// (the step count and the loss log continue; they do not restart at 0).
+#[test]
+fn kill_9_mid_training_resumes_from_the_last_snapshot() {
+    let p = Project::new();
+    p.write(
+        "pipeline.yaml",
+        r#"
+name: train-kill
+workdir: runs
+stages:
+  images:
+    uses: source/shapes
+    with: { count: 64, resolution: 8, classes: 2, seed: 1 }
+  shards:
+    uses: shard
+    needs: [images]
+    with: { samples_per_shard: 32 }
+  pairs:
+    uses: downsample
+    needs: [shards]
+    with: { resolutions: [8, 4] }
+  base:
+    uses: train
+    needs: [pairs]
+    with: { diffusion: edm, resolution: 4, model: tiny, batch: 8, steps: 300,
+            lr: 1e-3, lr_rampup_kimg: 0, tick_kimg: 0.08, snapshot_kimg: 0.08, preview_images: 0 }
+"#,
+    );
+    let mut child = p
+        .relay(&["run", "pipeline.yaml", "--device", "cpu"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = p.path().join("runs/.relay/partial");
+    let t0 = std::time::Instant::now();
+    loop {
+        let snapshot = std::fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("base."))
+            .any(|e| {
+                std::fs::read_dir(e.path().join("snapshots"))
+                    .map(|mut d| {
+                        d.any(|x| {
+                            x.is_ok_and(|x| {
+                                x.file_name().to_string_lossy().starts_with("snapshot-")
+                            })
+                        })
+                    })
+                    .unwrap_or(false)
+            });
+        if snapshot {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "no snapshot was written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(
+        !p.path().join("runs/base").exists(),
+        "nothing published after kill -9"
+    );
+
+    let run = p.run(&["run", "pipeline.yaml", "--device", "cpu"]);
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stderr.contains("resuming from"), "{}", run.stderr);
+    let (cols, rows) =
+        relay::manifest::read_rows(&p.path().join("runs/base/train_log.parquet")).unwrap();
+    let c = cols.iter().position(|x| x == "step").unwrap();
+    let steps: Vec<u64> = rows.iter().map(|r| r[c].as_u64().unwrap()).collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "the loss log continues: {steps:?}"
+    );
+    assert_eq!(steps.last(), Some(&300));
+}
