@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use super::source::{stage_error, threads, StageMonitor};
+use super::source::{stage_error, threads, written, StageMonitor};
 use super::{parse_params, Outcome, ParamError, Params, StageContext, StageKind};
 use crate::data::pairs::{check_resolutions, write_pairs, PairsOptions};
 use crate::data::resample::Filter;
@@ -62,21 +62,6 @@ impl StageKind for Downsample {
         };
         let s = write_pairs(&input.dir, &cx.out, &opts, &StageMonitor(cx))
             .map_err(|e| stage_error(cx, e))?;
-        cx.progress.log(format!(
-            "{} samples in {} shards ({:.1} MB), {} rejected, {:.1} images/s",
-            s.samples,
-            s.shards,
-            s.bytes as f64 / 1e6,
-            s.rejects,
-            (s.samples + s.rejects) as f64 / s.seconds.max(1e-9)
-        ));
-        let mut outcome = Outcome {
-            images: Some(s.samples),
-            ..Default::default()
-        };
-        if let serde_json::Value::Object(map) = serde_json::to_value(&s)? {
-            outcome.info = map;
-        }
-        Ok(outcome)
+        written(cx, (s.samples, s.shards, s.bytes, s.rejects, s.seconds), &s)
     }
 }

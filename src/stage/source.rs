@@ -269,22 +269,56 @@ impl StageKind for SourceFolder {
         Ok(listing_digest(&paths)?.into())
     }
     fn run(&self, cx: &StageContext) -> anyhow::Result<Outcome> {
-        let p: FileParams = parse_params(&cx.params)?;
-        let root = cx.resolve_path(&p.path);
-        require_path(cx, &root, "folder")?;
-        let d = load_descriptor(cx, &p.dataset)?;
-        let listing = list_folder(&root, p.labels, d.as_ref()).map_err(|e| stage_error(cx, e))?;
-        let found = Found {
-            kind: SourceKind::Folder,
-            root: Some(&root),
-            shown: root.display().to_string(),
-            listing,
-            transform: p.transform,
-            resolution: p.resolution,
-            dataset: p.dataset.clone().zip(d.as_ref()),
-        };
-        publish(cx, found)
+        run_listed(cx, SourceKind::Folder, "folder", list_folder)
     }
+}
+
+/// Log what a shard-writing stage wrote (samples, shards, bytes, rejects, seconds) and turn
+/// its summary into the run record's `info`.
+pub(crate) fn written(
+    cx: &StageContext,
+    (samples, shards, bytes, rejects, seconds): (u64, u64, u64, u64, f64),
+    summary: &impl serde::Serialize,
+) -> anyhow::Result<Outcome> {
+    cx.progress.log(format!(
+        "{samples} samples in {shards} shards ({:.1} MB), {rejects} rejected, {:.1} images/s",
+        bytes as f64 / 1e6,
+        (samples + rejects) as f64 / seconds.max(1e-9)
+    ));
+    let info = match serde_json::to_value(summary)? {
+        serde_json::Value::Object(map) => map,
+        _ => Default::default(),
+    };
+    Ok(Outcome {
+        images: Some(samples),
+        info,
+        partial: false,
+    })
+}
+
+/// The run of `source/folder` and `source/zip`: check the path, list it with `list`
+/// (labels from folders, `dataset.json` or a descriptor), and publish the listing.
+fn run_listed(
+    cx: &StageContext,
+    kind: SourceKind,
+    what: &str,
+    list: fn(&Path, LabelMode, Option<&Descriptor>) -> crate::data::Result<Listing>,
+) -> anyhow::Result<Outcome> {
+    let p: FileParams = parse_params(&cx.params)?;
+    let path = cx.resolve_path(&p.path);
+    require_path(cx, &path, what)?;
+    let d = load_descriptor(cx, &p.dataset)?;
+    let listing = list(&path, p.labels, d.as_ref()).map_err(|e| stage_error(cx, e))?;
+    let found = Found {
+        kind,
+        root: Some(&path),
+        shown: path.display().to_string(),
+        listing,
+        transform: p.transform,
+        resolution: p.resolution,
+        dataset: p.dataset.clone().zip(d.as_ref()),
+    };
+    publish(cx, found)
 }
 
 /// `source/zip`.
@@ -317,21 +351,7 @@ impl StageKind for SourceZip {
         Ok(listing_digest(&[path])?.into())
     }
     fn run(&self, cx: &StageContext) -> anyhow::Result<Outcome> {
-        let p: FileParams = parse_params(&cx.params)?;
-        let path = cx.resolve_path(&p.path);
-        require_path(cx, &path, "zip file")?;
-        let d = load_descriptor(cx, &p.dataset)?;
-        let listing = list_zip(&path, p.labels, d.as_ref()).map_err(|e| stage_error(cx, e))?;
-        let found = Found {
-            kind: SourceKind::Zip,
-            root: Some(&path),
-            shown: path.display().to_string(),
-            listing,
-            transform: p.transform,
-            resolution: p.resolution,
-            dataset: p.dataset.clone().zip(d.as_ref()),
-        };
-        publish(cx, found)
+        run_listed(cx, SourceKind::Zip, "zip file", list_zip)
     }
 }
 
