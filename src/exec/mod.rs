@@ -277,6 +277,8 @@ impl Executor {
         let mut states: Vec<Option<State>> = vec![None; n];
         let mut seconds = vec![0.0; n];
         let mut fps: Vec<Option<String>> = vec![None; n];
+        type Evaluation = (FingerprintInputs, String, Vec<String>, Option<State>);
+        let mut evaluated: Vec<Option<Evaluation>> = vec![None; n];
         let jobs = Arc::new(Semaphore::new(self.opts.jobs.max(1)));
         let gpu = Arc::new(Semaphore::new(1));
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -341,20 +343,26 @@ impl Executor {
                         }
                         continue;
                     }
-                    let what = match self.fingerprint_inputs(i, &states) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            // Say why, as for a stage that fails while running (e.g. an
-                            // `hf://` checkpoint that cannot be resolved).
-                            self.ui.println(&format!("error: {e:#}"));
-                            status[i] = Status::Failed(format!("{e:#}"));
-                            failed = true;
-                            continue;
+                    // Evaluated once: a stage that waits for a job slot is not re-hashed.
+                    if evaluated[i].is_none() {
+                        match self.fingerprint_inputs(i, &states) {
+                            Ok(what) => {
+                                let fp = what.fingerprint();
+                                let (why, state) = self.staleness(i, &what, &fp);
+                                evaluated[i] = Some((what, fp, why, state));
+                            }
+                            Err(e) => {
+                                // Say why, as for a stage that fails while running (e.g. an
+                                // `hf://` checkpoint that cannot be resolved).
+                                self.ui.println(&format!("error: {e:#}"));
+                                status[i] = Status::Failed(format!("{e:#}"));
+                                failed = true;
+                                continue;
+                            }
                         }
-                    };
-                    let fp = what.fingerprint();
+                    }
+                    let (what, fp, why, state) = evaluated[i].clone().expect("evaluated above");
                     fps[i] = Some(fp.clone());
-                    let (why, state) = self.staleness(i, &what, &fp);
                     if why.is_empty() && self.opts.shard.is_none() {
                         states[i] = state;
                         status[i] = Status::Cached;
