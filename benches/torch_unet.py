@@ -206,14 +206,14 @@ class DhariwalUNet(torch.nn.Module):
     def forward(self, x, noise_labels, class_labels):
         # Mapping: positional embedding (cos first, endpoint=False) -> MLP -> + label -> SiLU.
         half = self.model_channels // 2
-        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32) / half)
+        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32, device=noise_labels.device) / half)
         e = noise_labels.ger(freqs)
         emb = torch.cat([e.cos(), e.sin()], dim=1)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
             tmp = class_labels
             if self.training and self.label_dropout:
-                tmp = tmp * (torch.rand([x.shape[0], 1]) >= self.label_dropout).to(tmp.dtype)
+                tmp = tmp * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(tmp.dtype)
             emb = emb + self.map_label(tmp)
         emb = F.silu(emb)
         skips = []
@@ -244,13 +244,15 @@ class EDMPrecond(torch.nn.Module):
         return c_skip * x + c_out * f
 
 
-def timed(fn, warmup, steps):
+def timed(fn, warmup, steps, sync):
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -263,7 +265,13 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true",
+                   help="autocast the network to bfloat16 (CUDA), float32 master weights")
     a = p.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=a.bf16)
 
     if a.config in PRESETS:
         cfg = dict(PRESETS[a.config])
@@ -275,36 +283,39 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    net = EDMPrecond(cfg)
+    net = EDMPrecond(cfg).to(dev)
     params = sum(p.numel() for p in net.parameters())
     res, b = cfg["img_resolution"], a.batch
-    y = torch.randn(b, cfg["in_channels"], res, res) * 0.5
+    y = torch.randn(b, cfg["in_channels"], res, res, device=dev) * 0.5
     labels = None
     if cfg["label_dim"]:
-        labels = F.one_hot(torch.randint(cfg["label_dim"], (b,)), cfg["label_dim"]).float()
+        labels = F.one_hot(torch.randint(cfg["label_dim"], (b,)), cfg["label_dim"]).float().to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
 
     def train_step():
         net.train()
-        sigma = (torch.randn(b, 1, 1, 1) * 1.2 - 1.2).exp()
+        sigma = (torch.randn(b, 1, 1, 1, device=dev) * 1.2 - 1.2).exp()
         weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
-        d = net(y + torch.randn_like(y) * sigma, sigma, labels)
-        loss = (weight * (d - y) ** 2).sum()
+        with autocast:
+            d = net(y + torch.randn_like(y) * sigma, sigma, labels)
+        loss = (weight * (d.float() - y) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    x = torch.randn(b, cfg["in_channels"], res, res) * 80
-    sigma80 = torch.full((b,), 80.0)
+    x = torch.randn(b, cfg["in_channels"], res, res, device=dev) * 80
+    sigma80 = torch.full((b,), 80.0, device=dev)
 
     @torch.no_grad()
     def sample_step():
         net.eval()
-        net(x, sigma80, labels)
+        with autocast:
+            net(x, sigma80, labels)
 
-    train_s = timed(train_step, a.warmup, a.steps)
-    sample_s = timed(sample_step, a.warmup, a.steps)
-    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.config} at {res}px, "
+    train_s = timed(train_step, a.warmup, a.steps, sync)
+    sample_s = timed(sample_step, a.warmup, a.steps, sync)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"pytorch {torch.__version__}, {where}{' bf16 autocast' if a.bf16 else ''}, {a.config} at {res}px, "
           f"batch {b}, {params:,} parameters")
     print(f"| train s/step | sample s/step | train img/s | sample img/s |")
     print(f"| {train_s:.3f} | {sample_s:.3f} | {b / train_s:.2f} | {b / sample_s:.2f} |")

@@ -20,9 +20,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::device::DeviceSpec;
+use crate::model::dropout::DropoutKey;
 use crate::model::info::{flops_per_image, model_info};
 use crate::model::{EdmPrecond, UnetConfig};
-use crate::train::optim::{seeded_var_builder, Adam, TensorMap};
+use crate::train::optim::{seeded_var_builder, var_tensors, Adam, TensorMap};
 
 /// Warm-up steps before timing (allocator, thread pool and page faults settle).
 const WARMUP: usize = 2;
@@ -166,8 +167,14 @@ pub fn model(
     steps: usize,
     resolution: Option<usize>,
     device: &DeviceSpec,
+    bf16: bool,
 ) -> anyhow::Result<ModelBench> {
     anyhow::ensure!(batch > 0 && steps > 0, "batch and steps must be positive");
+    anyhow::ensure!(
+        !bf16 || device.is_accelerator(),
+        "--bf16 runs on CUDA only (candle's CPU bf16 kernels are slow); drop it or use --device cuda"
+    );
+    let dtype = if bf16 { DType::BF16 } else { DType::F32 };
     let mut cfg = UnetConfig::from_name_or_path(config)?;
     if let Some(res) = resolution {
         cfg = cfg.with_resolution(res);
@@ -194,7 +201,24 @@ pub fn model(
         let sd2 = SIGMA_DATA * SIGMA_DATA;
         let weight = ((s4.sqr()? + sd2)? / (s4.sqr()? * sd2)?)?;
         let noise = Tensor::randn(0f32, 1., y.shape(), &dev)?.broadcast_mul(&s4)?;
-        let d = net.forward_train(&(&y + noise)?, &sigma, labels.as_ref(), None)?;
+        // bf16: the step's network on bf16 copies of the float32 weights, as the trainer.
+        let cast;
+        let net = if bf16 {
+            cast = EdmPrecond::new(
+                VarBuilder::from_tensors(var_tensors(&vars, dtype)?, dtype, &dev),
+                &cfg,
+            )?;
+            &cast
+        } else {
+            &net
+        };
+        let d = net.forward_train(
+            &(&y + noise)?,
+            &sigma,
+            labels.as_ref(),
+            None,
+            DropoutKey(phases.len() as u64),
+        )?;
         let loss = weight.broadcast_mul(&(d - &y)?.sqr()?)?.sum_all()?;
         dev.synchronize()?;
         let t1 = Instant::now();
@@ -221,10 +245,10 @@ pub fn model(
     // 2. Sampling: the same weights as plain tensors (no graph), eval mode.
     let weights: HashMap<String, Tensor> = vars
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?)))
+        .collect::<candle_core::Result<_>>()?;
     drop(vars);
-    let net = EdmPrecond::new(VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg)?;
+    let net = EdmPrecond::new(VarBuilder::from_tensors(weights, dtype, &dev), &cfg)?;
     let x = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * 80.0)?;
     let sigma = Tensor::full(80f32, batch, &dev)?;
     let sample_seconds = time_steps(steps, &dev, || {
@@ -234,7 +258,7 @@ pub fn model(
 
     Ok(ModelBench {
         config: config.to_string(),
-        device: device.describe(),
+        device: format!("{}{}", device.describe(), if bf16 { " (bf16)" } else { "" }),
         threads: candle_core::utils::get_num_threads(),
         resolution: res,
         batch,
@@ -247,6 +271,54 @@ pub fn model(
     })
 }
 
+/// `relay bench allreduce`: one NCCL all-reduce (sum) of `millions` million float32 values
+/// per rank, checked (rank r contributes r + 1 everywhere), then timed `reps` times.
+/// Returns the table line of rank 0 (other ranks return their check only).
+pub fn allreduce(millions: usize, reps: usize) -> anyhow::Result<String> {
+    #[cfg(feature = "nccl")]
+    {
+        use crate::train::parallel::{Collective, Nccl};
+        let world = crate::train::World::from_env()?;
+        let dev = Device::new_cuda(world.local_rank)?;
+        let group = Nccl::new(world, &dev)?;
+        let n = millions.max(1) * 1_000_000;
+        let x = Tensor::full((world.rank + 1) as f32, n, &dev)?;
+        let want = (world.size * (world.size + 1) / 2) as f32;
+        let y = group.all_reduce_sum(&x)?;
+        let (lo, hi) = (y.min(0)?.to_scalar::<f32>()?, y.max(0)?.to_scalar::<f32>()?);
+        anyhow::ensure!(
+            lo == want && hi == want,
+            "all-reduce over {} rank(s) gave values in [{lo}, {hi}], expected {want}",
+            world.size
+        );
+        let b = group.broadcast(&x)?.max(0)?.to_scalar::<f32>()?;
+        anyhow::ensure!(b == 1.0, "broadcast from rank 0 gave {b}, expected 1");
+        let seconds = time_steps(reps.max(1), &dev, || {
+            group.all_reduce_sum(&x)?;
+            Ok(())
+        })?;
+        let bytes = (n * 4) as f64;
+        // Bus bandwidth as nccl-tests reports it: 2(W−1)/W of the buffer crosses each link.
+        let w = world.size as f64;
+        let bus = bytes * 2.0 * (w - 1.0) / w / seconds;
+        Ok(format!(
+            "rank {} of {}: all-reduce of {millions}M float32 ({:.0} MB) checked; median {:.3} ms, \
+             algorithm bandwidth {:.1} GB/s, bus bandwidth {:.1} GB/s",
+            world.rank,
+            world.size,
+            bytes / 1e6,
+            seconds * 1e3,
+            bytes / seconds / 1e9,
+            bus / 1e9
+        ))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = (millions, reps);
+        anyhow::bail!("`relay bench allreduce` needs NCCL: build relay with `--features nccl`")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +327,7 @@ mod tests {
     /// count is the model's.
     #[test]
     fn times_the_tiny_preset() -> anyhow::Result<()> {
-        let b = model("tiny", 2, 1, Some(16), &DeviceSpec::Cpu)?;
+        let b = model("tiny", 2, 1, Some(16), &DeviceSpec::Cpu, false)?;
         assert_eq!(b.parameters, 1_371_107);
         assert_eq!(b.flops_per_image, flops_per_image(&UnetConfig::tiny(), 16)?);
         assert!(b.train_seconds > 0.0 && b.sample_seconds > 0.0);

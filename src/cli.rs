@@ -179,6 +179,22 @@ pub enum BenchCommand {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
+        /// Run the network in bfloat16 (weights cast from float32 master weights, as the
+        /// `train` stage's `bf16: true`); CUDA only.
+        #[arg(long)]
+        bf16: bool,
+    },
+    /// All-reduce a gradient-sized buffer over the data-parallel ranks with NCCL, check the
+    /// sum and print the bandwidth. Launch one process per GPU (torchrun / srun set RANK,
+    /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); one process checks NCCL on one
+    /// GPU. Needs `--features nccl`.
+    Allreduce {
+        /// Buffer size in millions of float32 values (adm-64 has ~296).
+        #[arg(long, default_value_t = 64)]
+        millions: usize,
+        /// Timed all-reduces (after 2 warm-up ones); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
     },
 }
 
@@ -313,9 +329,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             steps,
             resolution,
             device,
+            bf16,
         }) => {
-            let b = crate::bench::model(&config, batch, steps, resolution, &device)?;
+            let b = crate::bench::model(&config, batch, steps, resolution, &device, bf16)?;
             println!("{}", b.table());
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Allreduce { millions, reps }) => {
+            println!("{}", crate::bench::allreduce(millions, reps)?);
             Ok(0)
         }
         Command::Kinds => {
@@ -369,6 +390,23 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Exec(a) => {
             let plan = load_plan(&a.pipeline)?;
+            let world = crate::train::World::from_env()?;
+            if world.rank > 0 {
+                // A data-parallel rank beside rank 0, which runs the executor.
+                let cancel = crate::stage::Cancel::new();
+                let flag = cancel.clone();
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                rt.spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        flag.cancel();
+                    }
+                });
+                crate::exec::follow::follow(&plan, &a.stage, a.device, world.rank, cancel)?;
+                return Ok(0);
+            }
             let select = SelectArgs {
                 only: vec![a.stage.clone()],
                 from: None,

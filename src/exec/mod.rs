@@ -11,6 +11,7 @@
 //! 4. Workers never touch the terminal directly: they report through [`progress`] and
 //!    send one [`Message`] back to the loop when they end.
 
+pub mod follow;
 pub mod fresh;
 pub mod progress;
 pub mod record;

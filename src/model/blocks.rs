@@ -10,6 +10,8 @@
 //! biases, and zeros for `conv1`, `proj` and `out_conv` (and `map_augment`).
 
 use candle_core::{Result, Tensor};
+
+use super::dropout::{dropout as seeded_dropout, DropoutKey};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use super::attention::Attention;
@@ -180,8 +182,9 @@ impl UNetBlock {
         })
     }
 
-    /// `x` [B, C_in, H, W], `emb` [B, E] → [B, C_out, H', W']. `train` turns dropout on.
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
+    /// `x` [B, C_in, H, W], `emb` [B, E] → [B, C_out, H', W']. A `dropout` key turns
+    /// dropout on (training), its masks drawn from that key.
+    pub fn forward(&self, x: &Tensor, emb: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
         // 1. norm0 → SiLU → (resample) → conv0.
         let h = self.norm0.forward_silu(x)?;
         let h = self.conv0.forward(&resample(&h, self.resample)?)?;
@@ -193,10 +196,9 @@ impl UNetBlock {
         let h = self.norm1.forward_scale_shift_silu(&h, &scale, &shift)?;
 
         // 3. Dropout → conv1, plus the residual (skip_scale = 1).
-        let h = if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(&h, self.dropout)?
-        } else {
-            h
+        let h = match dropout {
+            Some(key) if self.dropout > 0.0 => seeded_dropout(&h, self.dropout, key)?,
+            _ => h,
         };
         let h = self.conv1.forward(&h)?;
         let skip = match &self.skip {

@@ -9,10 +9,11 @@
 //! Unlike `SongUNet`, labels enter unscaled and the cos/sin halves are not swapped
 //! (golden README, "The computation").
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use super::blocks::{linear, linear_init};
+use super::dropout::{keep_mask, DropoutKey};
 
 /// Sinusoidal embedding of the noise label (edm `PositionalEmbedding`, endpoint = false).
 #[derive(Debug, Clone)]
@@ -109,14 +110,14 @@ impl Mapping {
 
     /// `noise_labels` [B]; `class_labels` [B, L] or [1, L] (broadcast), `None` = no label
     /// term (the same as an all-zero label: `map_label` has no bias); `augment_labels`
-    /// [B, A]. With `train`, each sample's label is dropped with probability
-    /// `label_dropout` (classifier-free guidance training).
+    /// [B, A]. With a `dropout` key (training), each sample's label is dropped with
+    /// probability `label_dropout` (classifier-free guidance training), drawn from the key.
     pub fn forward(
         &self,
         noise_labels: &Tensor,
         class_labels: Option<&Tensor>,
         augment_labels: Option<&Tensor>,
-        train: bool,
+        dropout: Option<DropoutKey>,
     ) -> Result<Tensor> {
         let mut emb = self.map_noise.forward(noise_labels)?;
         if let (Some(map), Some(aug)) = (&self.map_augment, augment_labels) {
@@ -126,8 +127,9 @@ impl Mapping {
         let mut emb = self.map_layer1.forward(&emb)?;
         if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
             let mut labels = labels.to_dtype(emb.dtype())?;
-            if train && self.label_dropout > 0.0 {
-                let keep = keep_mask(emb.dim(0)?, self.label_dropout, emb.dtype(), emb.device())?;
+            if let Some(key) = dropout.filter(|_| self.label_dropout > 0.0) {
+                let b = emb.dim(0)?;
+                let keep = keep_mask((b, 1), self.label_dropout, key, emb.dtype(), emb.device())?;
                 labels = labels.broadcast_mul(&keep)?;
             }
             emb = emb.broadcast_add(&map.forward(&labels)?)?;
@@ -136,16 +138,10 @@ impl Mapping {
     }
 }
 
-/// `[B, 1]` of 1 (keep, probability 1 − p) or 0 (drop), as `rand >= p` in the reference.
-fn keep_mask(b: usize, p: f64, dtype: DType, dev: &Device) -> Result<Tensor> {
-    Tensor::rand(0f32, 1f32, (b, 1), dev)?
-        .ge(p as f32)?
-        .to_dtype(dtype)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     /// c_noise = 0 gives [cos 0, sin 0] = [1…1, 0…0]; the first frequency is 1, so
     /// column 0 is cos(c) and column mc/2 is sin(c).

@@ -22,7 +22,8 @@
 //! let cfg = UnetConfig::preset("tiny")?;
 //! let varmap = VarMap::new();
 //! let net = EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg)?;
-//! // ... optimise varmap.all_vars() on a loss of net.forward_train(x, sigma, labels, None) ...
+//! // ... optimise varmap.all_vars() on a loss of
+//! //     net.forward_train(x, sigma, labels, None, DropoutKey(step)) ...
 //! checkpoint::save_model_dir("out/model", &varmap, &cfg)?;
 //! let reloaded = checkpoint::load_model_dir("out/model", DType::F32, &Device::Cpu)?;
 //! # Ok(()) }
@@ -32,6 +33,7 @@ pub mod attention;
 pub mod blocks;
 pub mod checkpoint;
 pub mod config;
+pub mod dropout;
 pub mod embedding;
 pub mod info;
 pub mod ops;

@@ -14,6 +14,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::UnetConfig;
+use super::dropout::DropoutKey;
 use super::unet::{DhariwalUnet, Trace};
 use crate::diffusion::precond::{PrecondTensors, SIGMA_DATA};
 use crate::diffusion::Denoiser;
@@ -66,7 +67,7 @@ impl EdmPrecond {
     /// `x` [B, C, H, W]; `sigma` [B] (or one value for the whole batch); `labels` one-hot
     /// [B, L] or `None`.
     pub fn forward(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.run(x, sigma, labels, None, false, None)?.d)
+        Ok(self.run(x, sigma, labels, None, None, None)?.d)
     }
 
     /// D and F of one eval call.
@@ -76,7 +77,7 @@ impl EdmPrecond {
         sigma: &Tensor,
         labels: Option<&Tensor>,
     ) -> Result<PrecondOutput> {
-        self.run(x, sigma, labels, None, false, None)
+        self.run(x, sigma, labels, None, None, None)
     }
 
     /// D and F of one eval call, recording the intermediates into `trace`.
@@ -87,20 +88,24 @@ impl EdmPrecond {
         labels: Option<&Tensor>,
         trace: &mut Trace,
     ) -> Result<PrecondOutput> {
-        self.run(x, sigma, labels, None, false, Some(trace))
+        self.run(x, sigma, labels, None, None, Some(trace))
     }
 
     /// D for training: dropout on, each label dropped with probability `label_dropout`
-    /// (classifier-free guidance), `augment_labels` [B, augment_dim] fed to `map_augment`
-    /// when the net has one. Differentiable with respect to the weights.
+    /// (classifier-free guidance), all masks drawn from `key` (so a step can be
+    /// replayed exactly); `augment_labels` [B, augment_dim] fed to `map_augment` when the
+    /// net has one. Differentiable with respect to the weights.
     pub fn forward_train(
         &self,
         x: &Tensor,
         sigma: &Tensor,
         labels: Option<&Tensor>,
         augment_labels: Option<&Tensor>,
+        key: DropoutKey,
     ) -> Result<Tensor> {
-        Ok(self.run(x, sigma, labels, augment_labels, true, None)?.d)
+        Ok(self
+            .run(x, sigma, labels, augment_labels, Some(key), None)?
+            .d)
     }
 
     /// c_noise = ln(σ)/4 as the network receives it ([B], float32).
@@ -114,7 +119,7 @@ impl EdmPrecond {
         sigma: &Tensor,
         labels: Option<&Tensor>,
         augment_labels: Option<&Tensor>,
-        train: bool,
+        dropout: Option<DropoutKey>,
         trace: Option<&mut Trace>,
     ) -> Result<PrecondOutput> {
         let out_dtype = x.dtype();
@@ -155,9 +160,10 @@ impl EdmPrecond {
             Some(t) => self
                 .unet
                 .forward_traced(&x_in, &c_noise, labels.as_ref(), t)?,
-            None => self
-                .unet
-                .forward(&x_in, &c_noise, labels.as_ref(), augment.as_ref(), train)?,
+            None => {
+                self.unet
+                    .forward(&x_in, &c_noise, labels.as_ref(), augment.as_ref(), dropout)?
+            }
         };
         let f = f.to_dtype(DType::F32)?;
 
@@ -214,7 +220,7 @@ mod tests {
             }
         }
         // Training mode runs too (dropout / label dropout), and is still c_skip·x at init.
-        let d = net.forward_train(&x, &sigma, Some(&labels), None)?;
+        let d = net.forward_train(&x, &sigma, Some(&labels), None, DropoutKey(0))?;
         assert_eq!(d.dims(), x.dims());
         Ok(())
     }

@@ -17,6 +17,7 @@ use candle_nn::{Module, VarBuilder};
 
 use super::blocks::{conv2d, group_norm, Conv, UNetBlock};
 use super::config::UnetConfig;
+use super::dropout::DropoutKey;
 use super::embedding::Mapping;
 use super::ops::group_norm::GroupNorm;
 use super::structure::Structure;
@@ -118,16 +119,17 @@ impl DhariwalUnet {
     /// * `noise_labels` [B] (EDM: ln(σ)/4), same dtype as `x`;
     /// * `class_labels` [B, L] or [1, L]; `None` adds no label term (= an all-zero label);
     /// * `augment_labels` [B, augment_dim], used only when the net has `map_augment`;
-    /// * `train`: dropout and label dropout on.
+    /// * `dropout`: `Some(key)` in training (dropout and label dropout on, masks drawn
+    ///   from the key), `None` in eval mode.
     pub fn forward(
         &self,
         x: &Tensor,
         noise_labels: &Tensor,
         class_labels: Option<&Tensor>,
         augment_labels: Option<&Tensor>,
-        train: bool,
+        dropout: Option<DropoutKey>,
     ) -> Result<Tensor> {
-        self.run(x, noise_labels, class_labels, augment_labels, train, None)
+        self.run(x, noise_labels, class_labels, augment_labels, dropout, None)
     }
 
     /// [`Self::forward`] in eval mode, recording the intermediates into `trace`.
@@ -138,7 +140,7 @@ impl DhariwalUnet {
         class_labels: Option<&Tensor>,
         trace: &mut Trace,
     ) -> Result<Tensor> {
-        self.run(x, noise_labels, class_labels, None, false, Some(trace))
+        self.run(x, noise_labels, class_labels, None, None, Some(trace))
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -165,7 +167,7 @@ impl DhariwalUnet {
         noise_labels: &Tensor,
         class_labels: Option<&Tensor>,
         augment_labels: Option<&Tensor>,
-        train: bool,
+        dropout: Option<DropoutKey>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         self.check_input(x)?;
@@ -173,7 +175,9 @@ impl DhariwalUnet {
         // 1. Mapping: noise (+ augment) embedding → MLP → + label → SiLU.
         let emb = self
             .mapping
-            .forward(noise_labels, class_labels, augment_labels, train)?;
+            .forward(noise_labels, class_labels, augment_labels, dropout)?;
+        // Block i draws its dropout masks from child key i + 1 (0 is the mapping's).
+        let key = |i: usize| dropout.map(|k| k.child(i as u64 + 1));
         if let Some(t) = trace.as_deref_mut() {
             t.emb = Some(emb.clone());
         }
@@ -184,8 +188,8 @@ impl DhariwalUnet {
             t.record(&self.enc_conv.0, &x)?;
         }
         let mut skips = vec![x.clone()];
-        for (name, block) in &self.enc {
-            x = block.forward(&x, &emb, train)?;
+        for (i, (name, block)) in self.enc.iter().enumerate() {
+            x = block.forward(&x, &emb, key(i))?;
             if let Some(t) = trace.as_deref_mut() {
                 t.record(name, &x)?;
             }
@@ -193,7 +197,7 @@ impl DhariwalUnet {
         }
 
         // 3. Decoder: concatenate [x, skip] before every `_block{i}`.
-        for d in &self.dec {
+        for (i, d) in self.dec.iter().enumerate() {
             if d.concat_skip {
                 let skip = match skips.pop() {
                     Some(s) => s,
@@ -201,7 +205,7 @@ impl DhariwalUnet {
                 };
                 x = Tensor::cat(&[&x, &skip], 1)?;
             }
-            x = d.block.forward(&x, &emb, train)?;
+            x = d.block.forward(&x, &emb, key(self.enc.len() + i))?;
             if let Some(t) = trace.as_deref_mut() {
                 t.record(&d.name, &x)?;
             }
@@ -230,7 +234,7 @@ mod tests {
             let noise = Tensor::zeros(2, DType::F32, &dev)?;
             let labels = Tensor::zeros((2, cfg.label_dim.max(1)), DType::F32, &dev)?;
             let labels = (cfg.label_dim > 0).then_some(&labels);
-            let y = net.forward(&x, &noise, labels, None, false)?;
+            let y = net.forward(&x, &noise, labels, None, None)?;
             assert_eq!(y.dims(), &[2, 3, res, res], "{name} at {res}px");
         }
         Ok(())
@@ -243,7 +247,7 @@ mod tests {
         let net = DhariwalUnet::new(VarBuilder::zeros(DType::F32, &dev), &cfg)?;
         let x = Tensor::zeros((1, 3, 18, 16), DType::F32, &dev)?;
         let noise = Tensor::zeros(1, DType::F32, &dev)?;
-        assert!(net.forward(&x, &noise, None, None, false).is_err());
+        assert!(net.forward(&x, &noise, None, None, None).is_err());
         Ok(())
     }
 }

@@ -48,13 +48,14 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::{
     parse_params, Cancelled, Outcome, ParamError, Params, PlanContext, Resources, StageContext,
     StageKind,
 };
+use crate::device::DeviceSpec;
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
 use crate::diffusion::loss::{BlurLoss, EdmLoss};
@@ -616,16 +617,18 @@ impl StageKind for Train {
         let cfg = p
             .resolve(model, label_dim)
             .map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
-        let device = cx.device.device()?;
         let world = World::from_env()?;
+        let (device, device_name) = rank_device(cx, world)?;
+        let group =
+            collective(world, &device).map_err(|e| e.context(format!("stage `{}`", cx.name)))?;
         std::fs::create_dir_all(&cx.out)?;
         let summary = match train::train(
             &cfg,
             &input.dir,
             &cx.out,
             &device,
-            &cx.device.describe(),
-            world,
+            &device_name,
+            group.as_ref(),
             &StageMonitor(cx),
         ) {
             Ok(s) => s,
@@ -652,6 +655,46 @@ impl StageKind for Train {
             info,
             partial: false,
         })
+    }
+}
+
+/// The device of this rank: the stage's device for one process; `cuda:LOCAL_RANK` for
+/// several (one process per GPU).
+fn rank_device(cx: &StageContext, world: World) -> anyhow::Result<(candle_core::Device, String)> {
+    if world.size == 1 {
+        return Ok((cx.device.device()?, cx.device.describe()));
+    }
+    if !cx.device.is_accelerator() {
+        bail!(
+            "stage `{}`: WORLD_SIZE={} asks for data-parallel training, which runs one process per \
+             CUDA GPU; on the CPU run one process (unset WORLD_SIZE / SLURM_NTASKS)",
+            cx.name,
+            world.size
+        );
+    }
+    let spec = DeviceSpec::Cuda(world.local_rank);
+    Ok((spec.device()?, spec.describe()))
+}
+
+/// How this rank talks to the others: nobody (one process) or NCCL.
+fn collective(
+    world: World,
+    device: &candle_core::Device,
+) -> anyhow::Result<Box<dyn train::parallel::Collective>> {
+    if world.size == 1 {
+        return Ok(Box::new(train::parallel::Solo));
+    }
+    #[cfg(feature = "nccl")]
+    {
+        Ok(Box::new(train::parallel::Nccl::new(world, device)?))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = device;
+        bail!(
+            "WORLD_SIZE={}: data-parallel training needs NCCL; build relay with `--features nccl`",
+            world.size
+        )
     }
 }
 

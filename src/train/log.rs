@@ -58,6 +58,37 @@ impl TickAcc {
         }
     }
 
+    /// Add another accumulator's sums and counts (one step's, summed over the ranks).
+    pub fn merge(&mut self, o: &TickAcc) {
+        self.loss_sum += o.loss_sum;
+        self.count += o.count;
+        for b in 0..BUCKETS {
+            self.bucket_sum[b] += o.bucket_sum[b];
+            self.bucket_count[b] += o.bucket_count[b];
+        }
+    }
+
+    /// The sums and counts as one vector (for an all-reduce); [`Self::from_sums`] inverts.
+    pub fn sums(&self) -> Vec<f64> {
+        let mut v = vec![self.loss_sum, self.count as f64];
+        v.extend(self.bucket_sum);
+        v.extend(self.bucket_count.iter().map(|&c| c as f64));
+        v
+    }
+
+    pub fn from_sums(v: &[f64]) -> Self {
+        let mut t = Self {
+            loss_sum: v[0],
+            count: v[1] as u64,
+            ..Default::default()
+        };
+        for b in 0..BUCKETS {
+            t.bucket_sum[b] = v[2 + b];
+            t.bucket_count[b] = v[2 + BUCKETS + b] as u64;
+        }
+        t
+    }
+
     /// Add one sample's mean per-pixel loss at noise level σ.
     pub fn add(&mut self, sigma: f64, loss: f64) {
         self.loss_sum += loss;

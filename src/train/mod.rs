@@ -14,18 +14,21 @@
 //! noise through [`crate::diffusion::noise::SeedNoise`], label dropout, x-flips and the
 //! shuffle through the data position), so the step counter and the data position are the
 //! whole RNG state. On the CPU a resumed run ends with the same weights bit for bit as an
-//! uninterrupted one — except with `dropout > 0`: the network's dropout masks come from
-//! candle's generator, which cannot be seeded on the CPU.
+//! uninterrupted one, also with dropout: its masks are drawn from keys too
+//! ([`crate::model::dropout`]).
 //!
-//! World size: one process. The rank and world size are read from the environment
-//! ([`World::from_env`], torchrun's or Slurm's variables) and each rank would read every
-//! `world`-th shard, but the gradient all-reduce over NCCL is not written yet, so a world
-//! size above 1 is refused.
+//! Data parallel ([`parallel`]): one process per GPU, rank and world size from the
+//! environment ([`World::from_env`]: torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK` or Slurm's
+//! `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID`). Each rank reads every `world`-th shard
+//! and runs `batch / world` images per step; gradients and loss sums are summed over the
+//! ranks with NCCL (`--features nccl`) after every step. Rank 0 resumes, logs and writes
+//! snapshots (with every rank's data position); the others take its state at the start.
 
 pub mod config;
 pub mod data;
 pub mod log;
 pub mod optim;
+pub mod parallel;
 pub mod preview;
 pub mod snapshot;
 pub mod trainer;

@@ -43,6 +43,10 @@ pub struct TrainState {
     /// Adam's step counter (bias corrections).
     pub adam_t: u64,
     pub data: DataPosition,
+    /// Every rank's data position when the run had several processes (rank order);
+    /// empty for one process (then `data` is the position).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_ranks: Vec<DataPosition>,
     pub tick: TickAcc,
     pub log: Vec<LogRow>,
     /// Training seconds of every run so far.

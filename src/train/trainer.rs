@@ -27,15 +27,18 @@ use super::log::{plot, write_parquet, LogRow, TickAcc};
 use super::optim::{
     global_norm, mix, nan_to_num, ramped_lr, seeded_var_builder, var_tensors, Adam, Ema, TensorMap,
 };
+use super::parallel::{self, Collective};
 use super::preview::{preview, RelayInputs};
 use super::snapshot::{self, Snapshot, StateTensors, TrainState, SAMPLES_PNG, STATE_FORMAT};
 use super::{Monitor, TrainCancelled, World};
 use crate::diffusion::noise::{one_hot, NoiseSource, SeedNoise};
 use crate::diffusion::Denoiser;
+use crate::model::dropout::DropoutKey;
 use crate::model::{checkpoint, info::flops_per_image, EdmPrecond};
 
 /// Stream purposes mixed into the per-sample keys.
 const LABEL_DROP: u64 = 0x1ABE1;
+const DROPOUT: u64 = 0xD809;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -45,16 +48,31 @@ pub struct TrainSummary {
     pub resumed_from: Option<u64>,
     /// Mean loss of the last tick.
     pub final_loss: Option<f64>,
-    /// The last snapshot folder.
+    /// The last snapshot folder (rank 0's; other ranks write none).
     pub snapshot: PathBuf,
+    /// sha256 of the final raw weights (name order, little-endian float32): equal on every
+    /// rank of a data-parallel run.
+    pub weights_sha256: String,
 }
 
-/// The training-mode denoiser: dropout on (label dropout is done by the loop, seeded).
-struct Training<'a>(&'a EdmPrecond);
+fn weights_sha256(vars: &BTreeMap<String, Var>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    for (name, t) in super::optim::snapshot_vars(vars)? {
+        bytes.extend(name.as_bytes());
+        for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    Ok(crate::util::sha256_hex(&bytes))
+}
+
+/// The training-mode denoiser: dropout on, its masks drawn from the key (label dropout
+/// is done by the loop, seeded).
+struct Training<'a>(&'a EdmPrecond, DropoutKey);
 
 impl Denoiser for Training<'_> {
     fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> CResult<Tensor> {
-        self.0.forward_train(x, sigma, labels, None)
+        self.0.forward_train(x, sigma, labels, None, self.1)
     }
     fn label_dim(&self) -> usize {
         self.0.config().label_dim
@@ -65,6 +83,7 @@ impl Denoiser for Training<'_> {
 struct Run<'a> {
     cfg: &'a TrainConfig,
     world: World,
+    group: &'a dyn Collective,
     device: &'a Device,
     device_name: String,
     out: &'a Path,
@@ -83,23 +102,22 @@ struct Run<'a> {
 
 /// Train `cfg` on the pairs in `data_dir`, writing into `out` (resuming from its snapshots).
 /// `device_name` is what the cost figures call the device (`cpu`, `cuda:0`).
+///
+/// With a `group` of several ranks (data parallel), every rank calls this with its own
+/// device; rank 0 reads and writes `out` (snapshots, logs, weights), the other ranks get
+/// its state at the start and write nothing.
 pub fn train(
     cfg: &TrainConfig,
     data_dir: &Path,
     out: &Path,
     device: &Device,
     device_name: &str,
-    world: World,
+    group: &dyn Collective,
     mon: &dyn Monitor,
 ) -> anyhow::Result<TrainSummary> {
+    let world = group.world();
+    let lead = world.rank == 0;
     cfg.validate(world.size)?;
-    if world.size > 1 {
-        bail!(
-            "WORLD_SIZE={}: data-parallel training over several processes is not implemented in this \
-             build (see src/train/mod.rs); run one process",
-            world.size
-        );
-    }
     let res = cfg.objective.train_resolution();
     let dtype = if cfg.bf16 { DType::BF16 } else { DType::F32 };
 
@@ -112,13 +130,16 @@ pub fn train(
     let adam = Adam::new(&vars, cfg.betas, cfg.eps)?;
     let ema = Ema::new(&vars, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)?;
     let snap_dir = out.join("snapshots");
-    snapshot::clean_tmp(&snap_dir)?;
+    if lead {
+        snapshot::clean_tmp(&snap_dir)?;
+    }
     let state = TrainState {
         format: STATE_FORMAT,
         step: 0,
         nimg: 0,
         adam_t: 0,
         data: DataPosition::default(),
+        data_ranks: Vec::new(),
         tick: TickAcc::new(0, 0),
         log: Vec::new(),
         wall_seconds: 0.0,
@@ -127,7 +148,7 @@ pub fn train(
         config: cfg.clone(),
     };
     let relay_inputs = match (&cfg.objective, cfg.preview_images) {
-        (Objective::Relay { from, to, .. }, n) if n > 0 => {
+        (Objective::Relay { from, to, .. }, n) if n > 0 && lead => {
             Some(relay_inputs(data_dir, *from, *to, n, device)?)
         }
         _ => None,
@@ -135,6 +156,7 @@ pub fn train(
     let mut run = Run {
         cfg,
         world,
+        group,
         device,
         device_name: device_name.to_string(),
         out,
@@ -149,7 +171,12 @@ pub fn train(
         wall_before: 0.0,
         tick_start: Instant::now(),
     };
-    let resumed_from = run.resume(mon)?;
+    let resumed_from = if lead { run.resume(mon)? } else { None };
+    let resumed_from = if world.size > 1 {
+        run.sync_from_lead()?
+    } else {
+        resumed_from
+    };
 
     // 2. Steps.
     let total = cfg.total_images();
@@ -167,8 +194,13 @@ pub fn train(
     mon.start(total, run.state.nimg);
     let mut last_snapshot = snapshot::list(&run.snap_dir)?.last().cloned();
     while run.state.nimg < total {
-        if mon.cancelled() {
-            let dir = run.snapshot(false)?;
+        if parallel::any(group, mon.cancelled(), device)? {
+            run.gather_positions(&loader)?;
+            let dir = if lead {
+                run.snapshot(false)?
+            } else {
+                run.snap_dir.clone()
+            };
             return Err(TrainCancelled {
                 step: run.state.step,
                 snapshot: dir,
@@ -182,10 +214,14 @@ pub fn train(
             let vb = VarBuilder::from_tensors(var_tensors(&run.vars, dtype)?, dtype, device);
             EdmPrecond::new(vb, &train_model)?
         };
-        let grads = run.gradients(&net, &mut loader, last_snapshot.as_deref())?;
+        let (grads, step_acc, nan) = run.gradients(&net, &mut loader)?;
+        let grads = run.reduce(grads, step_acc, nan, last_snapshot.as_deref())?;
         run.adam.step(&run.vars, &grads, lr)?;
-        let beta = run.ema.beta(run.state.nimg, cfg.batch);
-        run.ema.update(&run.vars, beta)?;
+        if lead {
+            // Only rank 0 writes snapshots, so only it keeps the EMA.
+            let beta = run.ema.beta(run.state.nimg, cfg.batch);
+            run.ema.update(&run.vars, beta)?;
+        }
         run.state.step += 1;
         run.state.nimg += cfg.batch as u64;
         run.state.adam_t = run.adam.t;
@@ -202,10 +238,12 @@ pub fn train(
             let secs = run.state.tick.seconds_before + run.tick_start.elapsed().as_secs_f64();
             let row =
                 LogRow::from_tick(&run.state.tick, run.state.step, nimg, lr, secs, run.wall());
-            mon.log(&format!(
-                "step {} kimg {:.2} loss {:.4} {:.1} img/s lr {:.3e}",
-                row.step, row.kimg, row.loss, row.images_per_sec, row.lr
-            ));
+            if lead {
+                mon.log(&format!(
+                    "step {} kimg {:.2} loss {:.4} {:.1} img/s lr {:.3e}",
+                    row.step, row.kimg, row.loss, row.images_per_sec, row.lr
+                ));
+            }
             run.state.log.push(row);
             run.state.tick = TickAcc::new(run.state.step, nimg);
             run.tick_start = Instant::now();
@@ -216,8 +254,23 @@ pub fn train(
             format!("kimg {:.2} loss {shown:.4}", nimg as f64 / 1000.0),
         );
         if snap_due {
-            last_snapshot = Some(run.snapshot(true)?);
+            run.gather_positions(&loader)?;
+            if lead {
+                last_snapshot = Some(run.snapshot(true)?);
+            } else {
+                // The cadence moves on every rank, so they agree on the next snapshot.
+                run.state.snapshot_nimg = nimg;
+            }
         }
+    }
+    if !lead {
+        return Ok(TrainSummary {
+            cost: run.cost(),
+            resumed_from,
+            final_loss: run.state.log.last().map(|r| r.loss),
+            snapshot: run.snap_dir.clone(),
+            weights_sha256: weights_sha256(&run.vars)?,
+        });
     }
 
     // 4. Publish the last snapshot's weights and config at the top of `out`.
@@ -244,6 +297,7 @@ pub fn train(
         resumed_from,
         final_loss: run.state.log.last().map(|r| r.loss),
         snapshot: last,
+        weights_sha256: weights_sha256(&run.vars)?,
     })
 }
 
@@ -313,6 +367,15 @@ impl Run<'_> {
                 self.snap_dir.display()
             );
         }
+        if self.world.size == 1 && state.data_ranks.len() > 1 {
+            bail!(
+                "the snapshot `{}` was made by {} processes; resume with as many (WORLD_SIZE) or \
+                 remove `{}` to start over",
+                dir.display(),
+                state.data_ranks.len(),
+                self.snap_dir.display()
+            );
+        }
         for (name, var) in &self.vars {
             let Some(v) = t.net.get(name) else {
                 bail!("`{}` lacks the weight {name}", dir.display())
@@ -348,18 +411,21 @@ impl Run<'_> {
         Ok(Some(self.state.step))
     }
 
-    /// Forward + backward over the step's micro-batches; the summed, cleaned gradients.
+    /// Forward + backward over this rank's micro-batches of the step: the summed
+    /// gradients, the step's loss sums (for the tick log) and, if a loss was not finite,
+    /// what to say about it (then the gradients are zeros and the run stops after the
+    /// all-reduce, on every rank).
     fn gradients(
         &mut self,
         net: &EdmPrecond,
         loader: &mut PairLoader,
-        last: Option<&Path>,
-    ) -> anyhow::Result<TensorMap> {
+    ) -> anyhow::Result<(TensorMap, TickAcc, Option<String>)> {
         let cfg = self.cfg;
         let micro = cfg.micro_batch;
         let accum = cfg.batch / (micro * self.world.size);
         let weight = cfg.loss_scaling / cfg.loss_divisor;
         let label_dim = cfg.model.label_dim;
+        let mut acc = TickAcc::default();
         let mut sum: Option<TensorMap> = None;
         for m in 0..accum {
             let batch = loader.next_batch(micro, self.device)?;
@@ -391,7 +457,10 @@ impl Run<'_> {
                 None => None,
             };
             let y = &batch.images;
-            let d = Training(net);
+            let d = Training(
+                net,
+                DropoutKey(mix(&[cfg.seed, self.state.step, first, DROPOUT])),
+            );
             let parts = match &cfg.objective {
                 Objective::Edm { loss, .. } => {
                     let r = noise
@@ -410,21 +479,22 @@ impl Run<'_> {
                 .to_dtype(DType::F64)?
                 .to_vec1()?;
             if let Some(j) = per.iter().position(|v| !v.is_finite()) {
-                let snap = match last {
-                    Some(p) => format!("the last good snapshot is `{}`", p.display()),
-                    None => "there is no snapshot yet".to_string(),
-                };
-                bail!(
-                    "the loss is {} at step {} (image {}, σ = {:.4}); {snap}. Lower `lr`, set `grad_clip`, \
-                     or check the data",
+                let what = format!(
+                    "the loss is {} at step {} (image {}, σ = {:.4})",
                     per[j],
                     self.state.step,
                     self.state.nimg + first + j as u64,
                     parts.sigma[j]
                 );
+                let zeros = self
+                    .vars
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?)))
+                    .collect::<CResult<TensorMap>>()?;
+                return Ok((zeros, acc, Some(what)));
             }
             for (s, l) in parts.sigma.iter().zip(&per) {
-                self.state.tick.add(*s, *l);
+                acc.add(*s, *l);
             }
             let grads = (parts.loss.sum_all()? * weight)?.backward()?;
             let mut next = TensorMap::new();
@@ -441,20 +511,143 @@ impl Run<'_> {
             }
             sum = Some(next);
         }
-        let mut grads = TensorMap::new();
-        for (name, g) in sum.unwrap_or_default() {
-            grads.insert(name, nan_to_num(&g)?);
+        Ok((sum.unwrap_or_default(), acc, None))
+    }
+
+    /// Sum the gradients and the loss sums over the ranks; stop every rank if any had a
+    /// non-finite loss; clean the gradients (`nan_to_num`, optional clipping) as the
+    /// reference does after DDP's all-reduce.
+    fn reduce(
+        &mut self,
+        grads: TensorMap,
+        acc: TickAcc,
+        nan: Option<String>,
+        last: Option<&Path>,
+    ) -> anyhow::Result<TensorMap> {
+        let cfg = self.cfg;
+        let (grads, acc, nan_ranks) = if self.world.size == 1 {
+            (grads, acc, u64::from(nan.is_some()))
+        } else {
+            let flat = self
+                .group
+                .all_reduce_sum(&parallel::flatten(&grads, &[])?)?;
+            let (summed, _) = parallel::unflatten(&flat, &grads, 0)?;
+            let mut sums = acc.sums();
+            sums.push(if nan.is_some() { 1.0 } else { 0.0 });
+            let sums = self
+                .group
+                .all_reduce_sum(&Tensor::new(sums.as_slice(), self.device)?)?
+                .to_vec1::<f64>()?;
+            let flags = sums[sums.len() - 1] as u64;
+            (summed, TickAcc::from_sums(&sums), flags)
+        };
+        if nan_ranks > 0 {
+            let snap = match last {
+                Some(p) => format!("the last good snapshot is `{}`", p.display()),
+                None => "there is no snapshot yet".to_string(),
+            };
+            let what = nan.unwrap_or_else(|| {
+                format!(
+                    "the loss is not finite on {nan_ranks} other rank(s) at step {}",
+                    self.state.step
+                )
+            });
+            bail!("{what}; {snap}. Lower `lr`, set `grad_clip`, or check the data");
+        }
+        self.state.tick.merge(&acc);
+        let mut out = TensorMap::new();
+        for (name, g) in grads {
+            out.insert(name, nan_to_num(&g)?);
         }
         if let Some(max) = cfg.grad_clip {
-            let norm = global_norm(&grads)?;
+            let norm = global_norm(&out)?;
             if norm > max {
                 let scale = max / (norm + 1e-6);
-                for g in grads.values_mut() {
+                for g in out.values_mut() {
                     *g = g.affine(scale, 0.0)?;
                 }
             }
         }
-        Ok(grads)
+        Ok(out)
+    }
+
+    /// Several ranks: every rank takes rank 0's state (counters, weights, Adam moments)
+    /// and its own data position. Returns the step resumed from, if any.
+    fn sync_from_lead(&mut self) -> anyhow::Result<Option<u64>> {
+        let size = self.world.size;
+        // Header: ok flag, step, nimg, adam_t, snapshot_nimg, tick start step and nimg,
+        // then every rank's (epoch, taken). Counts stay far below 2^53, exact in f64.
+        let st = &self.state;
+        let resumed_ok = st.step == 0 || st.data_ranks.len() == size;
+        let mut h = vec![
+            if resumed_ok {
+                1.0
+            } else {
+                st.data_ranks.len().max(1) as f64
+            },
+            st.step as f64,
+            st.nimg as f64,
+            st.adam_t as f64,
+            st.snapshot_nimg as f64,
+            st.tick.start_step as f64,
+            st.tick.start_nimg as f64,
+        ];
+        for r in 0..size {
+            let p = st.data_ranks.get(r).copied().unwrap_or_default();
+            h.extend([p.epoch as f64, p.taken as f64]);
+        }
+        let h = self
+            .group
+            .broadcast(&Tensor::new(h.as_slice(), self.device)?)?
+            .to_vec1::<f64>()?;
+        if h[0] != 1.0 {
+            bail!(
+                "the snapshot in `{}` was made by {} process(es), this run has {size}; resume                  with the same number of processes or remove the snapshots to start over",
+                self.snap_dir.display(),
+                h[0]
+            );
+        }
+        let rank = self.world.rank;
+        let pos = |r: usize| DataPosition {
+            epoch: h[7 + 2 * r] as u64,
+            taken: h[8 + 2 * r] as u64,
+        };
+        self.state.step = h[1] as u64;
+        self.state.nimg = h[2] as u64;
+        self.state.adam_t = h[3] as u64;
+        self.state.snapshot_nimg = h[4] as u64;
+        if rank != 0 {
+            self.state.tick = TickAcc::new(h[5] as u64, h[6] as u64);
+        }
+        self.state.data = pos(rank);
+        self.adam.t = self.state.adam_t;
+        let weights =
+            parallel::broadcast_map(self.group, &super::optim::snapshot_vars(&self.vars)?)?;
+        for (name, var) in &self.vars {
+            var.set(&weights[name])?;
+        }
+        self.adam.m = parallel::broadcast_map(self.group, &self.adam.m)?;
+        self.adam.v = parallel::broadcast_map(self.group, &self.adam.v)?;
+        Ok((self.state.step > 0).then_some(self.state.step))
+    }
+
+    /// Several ranks: record every rank's data position (rank 0 writes them into the
+    /// snapshot); one rank: its own.
+    fn gather_positions(&mut self, loader: &PairLoader) -> anyhow::Result<()> {
+        let p = loader.position();
+        self.state.data = p;
+        if self.world.size > 1 {
+            let mine = Tensor::new(&[p.epoch as f64, p.taken as f64], self.device)?;
+            let all = self.group.all_gather(&mine)?.to_vec1::<f64>()?;
+            self.state.data_ranks = all
+                .chunks(2)
+                .map(|c| DataPosition {
+                    epoch: c[0] as u64,
+                    taken: c[1] as u64,
+                })
+                .collect();
+        }
+        Ok(())
     }
 
     fn stage_config(&self) -> StageConfig {

@@ -20,7 +20,9 @@ use relay::diffusion::schedule::{normal_cdf, P_MEAN, P_STD};
 use relay::model::{EdmPrecond, UnetConfig};
 use relay::train::optim::seeded_var_builder;
 use relay::train::{
-    self, Duration, Monitor, Objective, SamplerDefaults, TrainCancelled, TrainConfig, World,
+    self,
+    parallel::{Collective, Solo, ThreadGroup},
+    Duration, Monitor, Objective, SamplerDefaults, TrainCancelled, TrainConfig,
 };
 
 use crate::common::Project;
@@ -168,16 +170,8 @@ fn learning_check(objective: Objective, steps: u64) -> (Vec<f64>, Vec<f64>) {
         ..cfg
     };
     let t = std::time::Instant::now();
-    let summary = train::train(
-        &cfg,
-        &data,
-        &out,
-        &Device::Cpu,
-        "cpu",
-        World::default(),
-        &train::Quiet,
-    )
-    .unwrap();
+    let summary =
+        train::train(&cfg, &data, &out, &Device::Cpu, "cpu", &Solo, &train::Quiet).unwrap();
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "{}: {steps} steps × {} images in {secs:.1} s ({:.1} img/s), final tick loss {:?}",
@@ -285,6 +279,10 @@ fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
 /// for bit, and a log that continues (same steps, same losses) instead of restarting.
 /// `cond`: train on the 4 shape classes with label dropout (seeded draws too).
 fn exact_resume(objective: Objective, cond: bool) {
+    exact_resume_with(objective, cond, 0.0)
+}
+
+fn exact_resume_with(objective: Objective, cond: bool, dropout: f64) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pairs");
     write_pairs(&data, 0, 3, 16);
@@ -294,6 +292,7 @@ fn exact_resume(objective: Objective, cond: bool) {
     cfg.preview_images = 2;
     cfg.preview_steps = 3;
     cfg.shuffle_buffer = 7;
+    cfg.model.dropout = dropout;
     if cond {
         cfg.cond = true;
         cfg.model = cfg.model.with_label_dim(4);
@@ -309,7 +308,7 @@ fn exact_resume(objective: Objective, cond: bool) {
         &straight,
         &Device::Cpu,
         "cpu",
-        World::default(),
+        &Solo,
         &train::Quiet,
     )
     .unwrap();
@@ -320,7 +319,7 @@ fn exact_resume(objective: Objective, cond: bool) {
         &resumed,
         &Device::Cpu,
         "cpu",
-        World::default(),
+        &Solo,
         &CancelAfter(24, 0.into()),
     )
     .unwrap_err();
@@ -334,7 +333,7 @@ fn exact_resume(objective: Objective, cond: bool) {
         &resumed,
         &Device::Cpu,
         "cpu",
-        World::default(),
+        &Solo,
         &train::Quiet,
     )
     .unwrap();
@@ -384,6 +383,105 @@ fn relay_stage_resumes_exactly() {
     exact_resume(relay_objective(), false);
 }
 
+/// Dropout masks are drawn from (seed, step, micro-batch) keys, so a run with dropout
+/// resumes bit for bit too.
+#[test]
+fn resume_is_exact_with_dropout() {
+    exact_resume_with(edm(), false, 0.2);
+}
+
+/// Data parallel over two ranks (threads of this process, [`ThreadGroup`]; NCCL is the
+/// same protocol between processes): the ranks end with the same weights, only rank 0
+/// writes, a cancellation raised on rank 1 stops both at the same step, and the resumed
+/// two-rank run ends exactly where the uninterrupted one did. A one-process run refuses
+/// the two-rank snapshot.
+#[test]
+fn two_ranks_stay_in_step_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs");
+    write_pairs(&data, 0, 4, 8);
+    let mut cfg = config(edm(), 6);
+    cfg.tick_kimg = 0.016;
+    cfg.snapshot_kimg = 0.032;
+    cfg.shuffle_buffer = 5;
+    cfg.model.dropout = 0.1;
+    let run2 = |name: &str, cancel_at: u64| -> Vec<anyhow::Result<train::TrainSummary>> {
+        let outs = [
+            dir.path().join(name),
+            dir.path().join(format!("{name}-rank1")),
+        ];
+        for o in &outs {
+            std::fs::create_dir_all(o).unwrap();
+        }
+        let group = ThreadGroup::new(2);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = group
+                .iter()
+                .zip(&outs)
+                .map(|(g, out)| {
+                    let (cfg, data) = (&cfg, &data);
+                    s.spawn(move || {
+                        // Only rank 1 asks to stop: both must.
+                        let at = if g.world().rank == 1 {
+                            cancel_at
+                        } else {
+                            u64::MAX
+                        };
+                        train::train(
+                            cfg,
+                            data,
+                            out,
+                            &Device::Cpu,
+                            "cpu",
+                            g,
+                            &CancelAfter(at, 0.into()),
+                        )
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let straight = run2("straight", u64::MAX);
+    let (s0, s1) = (straight[0].as_ref().unwrap(), straight[1].as_ref().unwrap());
+    assert_eq!(s0.weights_sha256, s1.weights_sha256, "the ranks diverged");
+    assert_eq!(s0.cost.device_count, 2);
+    assert!(dir.path().join("straight/model.safetensors").is_file());
+    assert!(
+        !dir.path().join("straight-rank1/snapshots").exists(),
+        "rank 1 wrote snapshots"
+    );
+
+    let cancelled = run2("resumed", 24);
+    for r in &cancelled {
+        let e = r.as_ref().unwrap_err();
+        let c = e.downcast_ref::<TrainCancelled>().expect("a cancellation");
+        assert_eq!(c.step, 3);
+    }
+    let one = train::train(
+        &cfg,
+        &data,
+        &dir.path().join("resumed"),
+        &Device::Cpu,
+        "cpu",
+        &Solo,
+        &train::Quiet,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{one:#}").contains("made by 2 processes"),
+        "{one:#}"
+    );
+
+    let resumed = run2("resumed", u64::MAX);
+    let r0 = resumed[0].as_ref().unwrap();
+    assert_eq!(r0.resumed_from, Some(3));
+    assert_eq!(resumed[1].as_ref().unwrap().resumed_from, Some(3));
+    assert_eq!(r0.weights_sha256, s0.weights_sha256, "resume is not exact");
+    let (wa, wb) = (weights(&s0.snapshot), weights(&r0.snapshot));
+    assert!(wa == wb, "EMA / Adam state differs after resume");
+}
+
 /// A NaN loss stops the run with the step and the last good snapshot.
 #[test]
 fn nan_loss_names_the_step() {
@@ -395,16 +493,7 @@ fn nan_loss_names_the_step() {
     cfg.lr_rampup_kimg = 0.0;
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let e = train::train(
-        &cfg,
-        &data,
-        &out,
-        &Device::Cpu,
-        "cpu",
-        World::default(),
-        &train::Quiet,
-    )
-    .unwrap_err();
+    let e = train::train(&cfg, &data, &out, &Device::Cpu, "cpu", &Solo, &train::Quiet).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("at step 2") && msg.contains("there is no snapshot yet"),
@@ -553,16 +642,7 @@ fn throughput() {
         let out = dir.path().join(name);
         std::fs::create_dir_all(&out).unwrap();
         let clock = Clock(Default::default());
-        train::train(
-            &cfg,
-            &data,
-            &out,
-            &Device::Cpu,
-            "cpu",
-            World::default(),
-            &clock,
-        )
-        .unwrap();
+        train::train(&cfg, &data, &out, &Device::Cpu, "cpu", &Solo, &clock).unwrap();
         let t = clock.0.borrow();
         let secs = t[t.len() - 1].duration_since(t[0]).as_secs_f64();
         let images = (steps - 1) * batch as u64;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Put what scripts/gpu-check.sh needs on a GPU machine without Rust into .gpu/: the CUDA
+# build's `relay` and golden-test binaries (from scripts/cuda-build.sh, stripped) and the
+# golden vectors (RELAY_GOLDEN_DIR, default ../shared/golden). Prints the pack's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=target/cuda-build/debug
+rm -rf .gpu && mkdir -p .gpu
+cp "$D/relay" .gpu/relay
+golden=$(ls -t $D/deps/golden-* | grep -v '\.d$' | head -1)
+cp "$golden" .gpu/golden
+strip .gpu/relay .gpu/golden
+cp -r "${RELAY_GOLDEN_DIR:-../shared/golden}" .gpu/golden-data
+mv .gpu/golden-data .gpu/golden.d
+du -sh .gpu
