@@ -26,7 +26,7 @@ NV=$(echo "$VENV"/lib/python3*/site-packages/nvidia)
 R=$NV/cu13
 LINK=$VENV/link
 mkdir -p "$LINK"
-for l in cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13; do
+for l in cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13 cudart.so.13; do
   ln -sf "$R/lib/lib$l" "$LINK/lib${l%%.so*}.so"
 done
 ln -sf "$NV/nccl/lib/libnccl.so.2" "$LINK/libnccl.so"

@@ -264,7 +264,9 @@ mod nccl {
     use std::rc::Rc;
 
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda::cudarc::driver::DeviceRepr;
     use candle_core::cuda::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use candle_core::cuda::cudarc::nccl::NcclType;
     use candle_core::cuda::{CudaDType, CudaStorage};
     use candle_core::{CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
@@ -338,7 +340,7 @@ mod nccl {
     }
 
     impl NcclOp {
-        fn run<T: CudaDType + candle_core::cuda::cudarc::nccl::NcclType>(
+        fn run<T: CudaDType + NcclType + DeviceRepr>(
             &self,
             s: &CudaStorage,
             l: &Layout,
