@@ -110,17 +110,21 @@ class AttentionOp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k):
-        w = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(k.shape[1])).softmax(dim=2)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q32, k32 = q.float(), k.float()
+            w = torch.einsum("ncq,nck->nqk", q32, k32 / math.sqrt(k.shape[1])).softmax(dim=2)
         ctx.save_for_backward(q, k, w)
-        return w
+        return w.to(q.dtype)
 
     @staticmethod
     def backward(ctx, dw):
         q, k, w = ctx.saved_tensors
-        db = torch._softmax_backward_data(grad_output=dw, output=w, dim=2, input_dtype=torch.float32)
-        dq = torch.einsum("nck,nqk->ncq", k, db) / math.sqrt(k.shape[1])
-        dk = torch.einsum("ncq,nqk->nck", q, db) / math.sqrt(k.shape[1])
-        return dq, dk
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            db = torch._softmax_backward_data(grad_output=dw.float(), output=w, dim=2,
+                                              input_dtype=torch.float32)
+            dq = torch.einsum("nck,nqk->ncq", k.float(), db) / math.sqrt(k.shape[1])
+            dk = torch.einsum("ncq,nqk->nck", q.float(), db) / math.sqrt(k.shape[1])
+        return dq.to(q.dtype), dk.to(k.dtype)
 
 
 class UNetBlock(torch.nn.Module):
@@ -314,7 +318,9 @@ def main():
 
     train_s = timed(train_step, a.warmup, a.steps, sync)
     sample_s = timed(sample_step, a.warmup, a.steps, sync)
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = (f"{torch.cuda.get_device_name(dev)} (TF32: cuDNN conv "
+             f"{torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32})"
+             if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
     print(f"pytorch {torch.__version__}, {where}{' bf16 autocast' if a.bf16 else ''}, {a.config} at {res}px, "
           f"batch {b}, {params:,} parameters")
     print(f"| train s/step | sample s/step | train img/s | sample img/s |")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 D=target/cuda-build/debug
 rm -rf .gpu && mkdir -p .gpu
 cp "$D/relay" .gpu/relay
-golden=$(ls -t $D/deps/golden-* | grep -v '\.d$' | head -1)
+golden=$(ls -t $(find $D/deps -maxdepth 1 -name 'golden-*' -type f -executable) | head -1)
 cp "$golden" .gpu/golden
 strip .gpu/relay .gpu/golden
 # The binaries carry candle's kernels as PTX text: xz takes them to a sixth.

@@ -41,7 +41,13 @@ impl fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// The candle device. `Auto` falls back to the CPU when CUDA is not available.
+    /// `RELAY_TF32=1` lets float32 matrix products on CUDA (and so the convolutions, which
+    /// are im2col + GEMM) use TF32 tensor cores, as PyTorch's convolutions do by default
+    /// (`torch.backends.cudnn.allow_tf32`); relative error about 1e-3 instead of 1e-6.
     pub fn device(&self) -> candle_core::Result<candle_core::Device> {
+        if std::env::var("RELAY_TF32").is_ok_and(|v| v == "1") {
+            candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        }
         match self {
             Self::Cpu => Ok(candle_core::Device::Cpu),
             Self::Cuda(n) => candle_core::Device::new_cuda(*n),

@@ -55,12 +55,11 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// pass is two matrix products and one col2im too: candle 0.11's CPU backward for `conv2d`
 /// goes through a direct `conv_transpose2d`, 15× the forward for one tiny-preset layer.
 /// Other devices keep the native convolution (there memory is what limits the batch, and
-/// im2col costs k² × the input's memory).
+/// im2col costs k² × the input's memory), with the backward of [`ops::conv_grad`].
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
     bias: Tensor,
-    k: usize,
 }
 
 impl Module for Conv {
@@ -71,8 +70,12 @@ impl Module for Conv {
         if x.device().is_cpu() {
             return ops::conv::conv2d_taps(x, &self.weight, &self.bias);
         }
-        x.conv2d(&self.weight, self.k / 2, 1, 1, 1)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        ops::conv_grad::conv2d_same(x, &self.weight)?.broadcast_add(&self.bias.reshape((
+            1,
+            (),
+            1,
+            1,
+        ))?)
     }
 }
 
@@ -91,7 +94,7 @@ pub fn conv2d(
     };
     let weight = vb.get_with_hints((out_c, in_c, k, k), "weight", init)?;
     let bias = vb.get_with_hints(out_c, "bias", init)?;
-    Ok(Conv { weight, bias, k })
+    Ok(Conv { weight, bias })
 }
 
 /// GroupNorm with min(32, C/4) groups and eps 1e-5.
@@ -248,7 +251,6 @@ mod tests {
             let conv = Conv {
                 weight: weight.as_tensor().clone(),
                 bias: bias.clone(),
-                k,
             };
             let ours = conv.forward(x.as_tensor())?;
             let native = x

@@ -5,6 +5,8 @@
 //!
 //! * [`conv`]: im2col / col2im for a k×k, stride-1, "same" convolution, so that a conv and
 //!   both of its gradients are one matrix product each plus one pass over memory.
+//! * [`conv_grad`] (CUDA and other devices): candle's native convolution with a backward
+//!   pass of forward convolutions instead of candle's direct `conv_transpose2d`.
 //! * [`softmax`]: softmax over the last dimension with a one-pass backward (attention).
 //! * [`group_norm`]: GroupNorm → per-(sample, channel) affine → optional SiLU in one pass
 //!   forward and three backward (norm0/norm1/norm2/out_norm of every block).
@@ -18,6 +20,7 @@
 //! off one by one, to measure each (`scripts/bench-vs-torch.sh`).
 
 pub mod conv;
+pub mod conv_grad;
 pub mod group_norm;
 pub mod softmax;
 
