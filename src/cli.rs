@@ -44,6 +44,10 @@ pub enum Command {
     /// Parse and check a pipeline without running anything.
     Validate(PipelineArgs),
     /// Run one stage whose inputs are already present (what a cluster worker runs).
+    ///
+    /// Data-parallel training: launch one process per GPU (torchrun --no-python, srun) with
+    /// RANK/WORLD_SIZE/LOCAL_RANK (or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID) and
+    /// MASTER_ADDR/MASTER_PORT set; rank 0 runs and records the stage, the others compute.
     Exec(ExecArgs),
     /// Cancel the pipeline's Slurm jobs that are still queued or running (scancel).
     Cancel(PipelineArgs),

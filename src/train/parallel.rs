@@ -7,7 +7,8 @@
 //!   tests the data-parallel path where there is no second GPU (CI);
 //! * `Nccl` (`--features nccl`): one process per CUDA device, NCCL all-reduce on the
 //!   device's own stream; the NCCL id travels from rank 0 to the others over TCP
-//!   ([`rendezvous`], `MASTER_ADDR:MASTER_PORT` as torchrun and relay's Slurm scripts set).
+//!   ([`rendezvous`] on `MASTER_ADDR`, port `MASTER_PORT` + 1, as torchrun and relay's Slurm
+//!   scripts set them).
 //!
 //! Gradients are *summed*, not averaged as PyTorch's DDP does: W processes of B/W images
 //! then compute the gradient of one process of B images, so a run's result does not depend
@@ -243,16 +244,21 @@ pub fn rendezvous(
     }
 }
 
-/// `MASTER_ADDR` (default 127.0.0.1) and `MASTER_PORT` (default 29500).
+/// Where rank 0 hands out the NCCL id: `MASTER_ADDR` (default 127.0.0.1) and
+/// `MASTER_PORT` + 1 (default 29500 + 1): torchrun's agent keeps its own store on
+/// `MASTER_PORT` itself.
 pub fn master_from_env() -> anyhow::Result<(String, u16)> {
     let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = match std::env::var("MASTER_PORT") {
+    let port: u16 = match std::env::var("MASTER_PORT") {
         Ok(p) => p
             .trim()
             .parse()
             .with_context(|| format!("MASTER_PORT={p:?} is not a port number"))?,
         Err(_) => 29500,
     };
+    let port = port
+        .checked_add(1)
+        .context("MASTER_PORT is 65535; relay listens on MASTER_PORT + 1: pick a lower port")?;
     Ok((addr, port))
 }
 
@@ -280,7 +286,7 @@ mod nccl {
 
     impl Nccl {
         /// Join the group: rank 0 makes the NCCL id and hands it out over TCP
-        /// (`MASTER_ADDR:MASTER_PORT`); every rank then initialises its communicator on
+        /// (`MASTER_ADDR`, `MASTER_PORT` + 1); every rank then initialises its communicator on
         /// `dev` (its own GPU, `cuda:LOCAL_RANK`).
         pub fn new(world: World, dev: &Device) -> anyhow::Result<Self> {
             let Device::Cuda(cuda) = dev else {

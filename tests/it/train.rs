@@ -584,6 +584,29 @@ stages:
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(p.ok_runs("base"), 1, "the second run must be cached");
     assert_eq!(p.ok_runs("relay"), 1);
+
+    // Rank 1 of a two-process launch (`relay exec` under torchrun or srun): on the CPU the
+    // train stage refuses with what to do; other kinds refuse to run on several ranks; the
+    // rank's scratch folder does not outlive it.
+    let rank1 = |stage: &str| {
+        let out = p
+            .relay(&["exec", "pipeline.yaml", stage, "--device", "cpu"])
+            .env("RANK", "1")
+            .env("WORLD_SIZE", "2")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = rank1("base");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("one process per CUDA GPU"), "{err}");
+    assert!(!p.path().join("runs/.relay/ranks/base.rank1").exists());
+    let (code, err) = rank1("pairs");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("runs as one process"), "{err}");
 }
 
 /// Records when each step ended.
