@@ -148,7 +148,7 @@ pub fn conv2d_same(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
     let (o, _, k, _) = weight.dims4()?;
     let cols = x.contiguous()?.apply_op1(Im2Col { k })?; // [C·k² + 1, B·H·W]
     let wb = Tensor::cat(&[weight.reshape((o, c * k * k))?, bias.reshape((o, 1))?], 1)?;
-    let y = wb.matmul(&cols)?; // [O, B·H·W]
+    let y = super::matmul::matmul(&wb, &cols)?; // [O, B·H·W]
     y.reshape((o, b, h, w))?.transpose(0, 1)?.contiguous()
 }
 

@@ -7,6 +7,8 @@
 //!   both of its gradients are one matrix product each plus one pass over memory.
 //! * [`conv_grad`] (CUDA and other devices): candle's native convolution with a backward
 //!   pass of forward convolutions instead of candle's direct `conv_transpose2d`.
+//! * [`matmul`]: the convolutions' matrix product, with the weight gradient in the layout
+//!   that `gemm` runs fastest.
 //! * [`softmax`]: softmax over the last dimension with a one-pass backward (attention).
 //! * [`group_norm`]: GroupNorm → per-(sample, channel) affine → optional SiLU in one pass
 //!   forward and three backward (norm0/norm1/norm2/out_norm of every block).
@@ -22,6 +24,7 @@
 pub mod conv;
 pub mod conv_grad;
 pub mod group_norm;
+pub mod matmul;
 pub mod softmax;
 
 use std::sync::OnceLock;
