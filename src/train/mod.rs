@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod data;
+pub mod fused_adam;
 pub mod log;
 pub mod optim;
 pub mod parallel;

@@ -180,6 +180,14 @@ pub fn global_norm(grads: &TensorMap) -> Result<f64> {
     Ok(sum.sqrt())
 }
 
+/// Whether the optimiser may update these tensors in place ([`super::fused_adam`]):
+/// contiguous float32 on the CPU. (The optimiser's own tensors share no storage: weights
+/// are copied out for snapshots and the EMA, moments are created or loaded fresh.)
+fn in_place_ok(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
 /// `torch.optim.Adam` (no weight decay, no amsgrad), moments as float32 tensors.
 #[derive(Debug, Clone)]
 pub struct Adam {
@@ -223,6 +231,12 @@ impl Adam {
             let Some(g) = grads.get(name) else {
                 bail!("no gradient for {name}: the weight is not used by the loss")
             };
+            let (p, m0, v0) = (var.as_tensor(), &self.m[name], &self.v[name]);
+            if in_place_ok(&[p, m0, v0]) {
+                let betas = (self.beta1, self.beta2);
+                super::fused_adam::step(p, m0, v0, g, betas, lr, self.eps, (bc1, bc2))?;
+                continue;
+            }
             let m = (self.m[name].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
             let v = (self.v[name].affine(self.beta2, 0.0)?
                 + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
@@ -272,6 +286,10 @@ impl Ema {
         for (name, var) in vars {
             let net = var.as_tensor().detach();
             let ema = &self.weights[name];
+            if in_place_ok(&[ema, &net]) {
+                super::fused_adam::lerp(ema, &net, beta)?;
+                continue;
+            }
             let new = (&net + (ema - &net)?.affine(beta, 0.0)?)?;
             self.weights.insert(name.clone(), new);
         }

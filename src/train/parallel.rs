@@ -128,7 +128,8 @@ impl Collective for ThreadGroup {
     }
     fn broadcast(&self, t: &Tensor) -> Result<Tensor> {
         let dev = t.device().clone();
-        self.exchange(t, |all| all[0].to_device(&dev))
+        // A copy: on one device `to_device` would hand every rank rank 0's storage.
+        self.exchange(t, |all| all[0].to_device(&dev)?.copy())
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         let dev = t.device().clone();
@@ -179,7 +180,8 @@ pub fn broadcast_map(group: &dyn Collective, map: &TensorMap) -> Result<TensorMa
     let flat = group.broadcast(&flatten(map, &[])?)?;
     let (mut out, _) = unflatten(&flat, map, 0)?;
     for (name, t) in out.iter_mut() {
-        *t = t.to_dtype(map[name].dtype())?;
+        // Own storage for each tensor: the optimiser updates them in place.
+        *t = t.to_dtype(map[name].dtype())?.copy()?;
     }
     Ok(out)
 }
