@@ -398,16 +398,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if world.rank > 0 {
                 // A data-parallel rank beside rank 0, which runs the executor.
                 let cancel = crate::stage::Cancel::new();
-                let flag = cancel.clone();
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .enable_all()
                     .build()?;
-                rt.spawn(async move {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        flag.cancel();
-                    }
-                });
+                rt.spawn(cancel_on_ctrl_c(cancel.clone()));
                 crate::exec::follow::follow(&plan, &a.stage, a.device, world.rank, cancel)?;
                 return Ok(0);
             }
@@ -566,19 +561,24 @@ fn execute(plan: Plan, opts: RunOptions) -> anyhow::Result<RunReport> {
         .worker_threads(2)
         .build()?;
     rt.block_on(async {
-        let cancel = exec.cancel_handle();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ninterrupt: stopping stages at their next safe point (Ctrl-C again to abort now)");
-                cancel.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("aborted");
-                    std::process::exit(130);
-                }
-            }
-        });
+        tokio::spawn(cancel_on_ctrl_c(exec.cancel_handle()));
         exec.run().await
     })
+}
+
+/// The first Ctrl-C sets `cancel` (stages stop at their next safe point); a second one
+/// exits at once with 130.
+async fn cancel_on_ctrl_c(cancel: crate::stage::Cancel) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!(
+            "\ninterrupt: stopping stages at their next safe point (Ctrl-C again to abort now)"
+        );
+        cancel.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("aborted");
+            std::process::exit(130);
+        }
+    }
 }
 
 fn exit_code(r: &RunReport) -> i32 {

@@ -8,11 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use super::fresh;
 use crate::device::DeviceSpec;
 use crate::plan::Plan;
 use crate::stage::context::LogFile;
-use crate::stage::{Cancel, Input, Progress, StageContext};
+use crate::stage::{Cancel, Progress, StageContext};
 
 /// Kinds that can run on several ranks.
 const DATA_PARALLEL_KINDS: &[&str] = &["train"];
@@ -38,24 +37,17 @@ pub fn follow(
     let workdir = &plan.spec.workdir;
     let mut inputs = Vec::new();
     for &d in &node.needs {
-        let n = &plan.nodes[d];
-        let dir = fresh::output_dir(workdir, &n.name);
-        if !dir.is_dir() {
+        let input = super::published_input(plan, workdir, d, String::new());
+        if !input.dir.is_dir() {
             bail!(
                 "stage `{stage}` needs `{}`, which has no output at {}; run it first \
                  (relay run PIPELINE --until {})",
-                n.name,
-                crate::util::display_path(&dir),
-                n.name
+                input.name,
+                crate::util::display_path(&input.dir),
+                input.name
             );
         }
-        inputs.push(Input {
-            name: n.name.clone(),
-            kind: n.kind.name().to_string(),
-            dir,
-            params: n.params.clone(),
-            fingerprint: String::new(),
-        });
+        inputs.push(input);
     }
     let out: PathBuf = workdir
         .join(".relay")

@@ -401,12 +401,13 @@ impl Executor {
                         fingerprint: fp,
                         inputs: needs
                             .iter()
-                            .map(|&d| Input {
-                                name: plan.nodes[d].name.clone(),
-                                kind: plan.nodes[d].kind.name().to_string(),
-                                dir: fresh::output_dir(&workdir, &plan.nodes[d].name),
-                                params: plan.nodes[d].params.clone(),
-                                fingerprint: fps[d].clone().unwrap_or_default(),
+                            .map(|&d| {
+                                published_input(
+                                    plan,
+                                    &workdir,
+                                    d,
+                                    fps[d].clone().unwrap_or_default(),
+                                )
                             })
                             .collect(),
                         device: self.opts.device,
@@ -521,6 +522,18 @@ struct StageJob {
     cancel: Cancel,
     ui: progress::Ui,
     why: Vec<String>,
+}
+
+/// Node `d`'s published output as a downstream stage sees it.
+fn published_input(plan: &Plan, workdir: &Path, d: usize, fingerprint: String) -> Input {
+    let n = &plan.nodes[d];
+    Input {
+        name: n.name.clone(),
+        kind: n.kind.name().to_string(),
+        dir: fresh::output_dir(workdir, &n.name),
+        params: n.params.clone(),
+        fingerprint,
+    }
 }
 
 /// Run one stage to its end: attempts, publishing, state and record. Never panics on

@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
 
-use crate::diffusion::rng::Stream;
+use crate::diffusion::rng::{mix, Stream};
 
 /// The key of a training forward pass (or of one module inside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,13 +19,7 @@ pub struct DropoutKey(pub u64);
 impl DropoutKey {
     /// The key of part `i` of whatever `self` keys (a block of the U-Net, say).
     pub fn child(self, i: u64) -> Self {
-        // SplitMix64 finaliser over the pair: distinct, well-mixed keys for distinct (key, i).
-        let mut z = self
-            .0
-            .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i.wrapping_add(1)));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Self(z ^ (z >> 31))
+        Self(mix(&[self.0, i]))
     }
 }
 

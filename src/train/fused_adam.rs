@@ -14,22 +14,10 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::model::ops::{f32_slice, f32_slice_mut};
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
-
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("fused Adam: expects contiguous float32 tensors"),
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused Adam: expects contiguous float32 tensors"),
-    }
-}
 
 /// `a[i] ← f(a[i], b[i])` over two contiguous float32 storages of one length, in parallel.
 fn zip_update(
@@ -40,8 +28,8 @@ fn zip_update(
     what: &str,
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Result<()> {
-    let a = slice_mut(s1, l1)?;
-    let b = slice(s2, l2)?;
+    let a = f32_slice_mut(s1, l1, what)?;
+    let b = f32_slice(s2, l2, what)?;
     if a.len() != b.len() {
         candle_core::bail!("{what}: {} elements updated from {}", a.len(), b.len());
     }
@@ -102,8 +90,11 @@ impl InplaceOp3 for Param {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        let p = slice_mut(s1, l1)?;
-        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
+        let p = f32_slice_mut(s1, l1, self.name())?;
+        let (m, v) = (
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
         if p.len() != m.len() || p.len() != v.len() {
             candle_core::bail!("fused Adam: weight, moment and variance sizes differ");
         }

@@ -18,21 +18,7 @@ use candle_nn::VarBuilder;
 
 use crate::diffusion::rng::Stream;
 
-/// A 64-bit mix of a seed and a few counters (SplitMix64 finaliser over FNV-1a of the
-/// parts), used to key independent random streams: `mix(&[seed, step, index])`.
-pub fn mix(parts: &[u64]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    let mut z = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::diffusion::rng::mix;
 
 /// A stable 64-bit hash of a string (FNV-1a), to key a weight's init stream by its name.
 pub fn hash_str(s: &str) -> u64 {
@@ -181,8 +167,8 @@ pub fn global_norm(grads: &TensorMap) -> Result<f64> {
 }
 
 /// Whether the optimiser may update these tensors in place ([`super::fused_adam`]):
-/// contiguous float32 on the CPU. (The optimiser's own tensors share no storage: weights
-/// are copied out for snapshots and the EMA, moments are created or loaded fresh.)
+/// contiguous float32 on the CPU. (No other live tensor reads their elements: weights are
+/// copied out for snapshots and the EMA; moments are created, loaded or broadcast fresh.)
 fn in_place_ok(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())

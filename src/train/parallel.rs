@@ -128,7 +128,8 @@ impl Collective for ThreadGroup {
     }
     fn broadcast(&self, t: &Tensor) -> Result<Tensor> {
         let dev = t.device().clone();
-        // A copy: on one device `to_device` would hand every rank rank 0's storage.
+        // A copy, as NCCL's broadcast gives: on one device `to_device` would hand every
+        // rank rank 0's own storage, which the optimiser then updates in place twice.
         self.exchange(t, |all| all[0].to_device(&dev)?.copy())
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
@@ -180,8 +181,7 @@ pub fn broadcast_map(group: &dyn Collective, map: &TensorMap) -> Result<TensorMa
     let flat = group.broadcast(&flatten(map, &[])?)?;
     let (mut out, _) = unflatten(&flat, map, 0)?;
     for (name, t) in out.iter_mut() {
-        // Own storage for each tensor: the optimiser updates them in place.
-        *t = t.to_dtype(map[name].dtype())?.copy()?;
+        *t = t.to_dtype(map[name].dtype())?;
     }
     Ok(out)
 }

@@ -56,14 +56,19 @@ pub struct TrainSummary {
 }
 
 fn weights_sha256(vars: &BTreeMap<String, Var>) -> anyhow::Result<String> {
-    let mut bytes = Vec::new();
-    for (name, t) in super::optim::snapshot_vars(vars)? {
-        bytes.extend(name.as_bytes());
-        for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
-            bytes.extend(v.to_le_bytes());
-        }
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, var) in vars {
+        h.update(name.as_bytes());
+        let values = var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
     }
-    Ok(crate::util::sha256_hex(&bytes))
+    Ok(crate::util::hex(&h.finalize()))
 }
 
 /// The training-mode denoiser: dropout on, its masks drawn from the key (label dropout

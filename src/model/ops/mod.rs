@@ -69,11 +69,23 @@ pub fn use_custom(x: &Tensor, kernel: Kernel) -> bool {
 }
 
 /// The f32 data of a contiguous CPU storage (custom ops are only called on such inputs).
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: expects a contiguous input, got {l:?}"),
+    }
+}
+
+/// [`f32_slice`] for the storage an in-place op writes.
+pub(crate) fn f32_slice_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((a, b))) => Ok(&mut data[a..b]),
+        _ => candle_core::bail!("{what}: expects a contiguous float32 input, got {l:?}"),
     }
 }
 
