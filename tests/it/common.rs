@@ -36,6 +36,36 @@ impl Project {
         c
     }
 
+    /// Start `relay args` (output discarded), poll `ready` every 10 ms until it finds
+    /// something (failing with `never` after `timeout`), then kill -9 the process and
+    /// return what `ready` found.
+    pub fn kill_9_when<T>(
+        &self,
+        args: &[&str],
+        timeout: std::time::Duration,
+        never: &str,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> T {
+        let mut child = self
+            .relay(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting relay");
+        let t0 = std::time::Instant::now();
+        let found = loop {
+            if let Some(x) = ready() {
+                break x;
+            }
+            assert!(t0.elapsed() < timeout, "{never}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        found
+    }
+
     /// Run `relay` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.relay(args).output().expect("running relay");

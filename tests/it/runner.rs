@@ -1,6 +1,6 @@
 //! The executor: caching, explanations, concurrency, matrix fan-out, failures, kill -9.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::Project;
 
@@ -292,23 +292,12 @@ fn kill_9_mid_stage_never_leaves_a_complete_looking_output() {
             g = gate.display()
         ),
     );
-    let mut child = p
-        .relay(&["run", "p.yaml"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !started.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the stage never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    p.kill_9_when(
+        &["run", "p.yaml"],
+        Duration::from_secs(30),
+        "the stage never started",
+        || started.exists().then_some(()),
+    );
     assert!(
         !p.path().join("runs/slow").exists(),
         "no published output after kill -9"

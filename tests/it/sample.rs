@@ -1,6 +1,7 @@
 //! The `sample` stage: shards, manifest, preview, workers, resume and export.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::common::{shas, Project};
 
@@ -153,31 +154,21 @@ fn kill_9_mid_job_then_resume_gives_the_same_bytes() {
     let want = shas(&whole.path().join("runs/samples/manifest.parquet"));
 
     let p = project();
-    let mut child = p
-        .relay(&["run", "p.yaml", "-s", "samples.batch=1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until the first shard is committed, then kill -9.
     let partial = p.path().join("runs/.relay/partial");
-    let t0 = std::time::Instant::now();
-    let first_part = loop {
-        let hit = std::fs::read_dir(&partial)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .map(|e| e.path().join(".parts/000000.parquet"))
-            .filter(|p| p.is_file());
-        if let Some(h) = hit {
-            break h;
-        }
-        assert!(t0.elapsed().as_secs() < 60, "no shard was committed");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    let first_part = p.kill_9_when(
+        &["run", "p.yaml", "-s", "samples.batch=1"],
+        Duration::from_secs(60),
+        "no shard was committed",
+        || {
+            std::fs::read_dir(&partial)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.path().join(".parts/000000.parquet"))
+                .filter(|p| p.is_file())
+        },
+    );
     assert!(first_part.is_file());
     assert!(
         !p.path().join("runs/samples").exists(),

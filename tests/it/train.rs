@@ -707,40 +707,31 @@ stages:
             lr: 1e-3, lr_rampup_kimg: 0, tick_kimg: 0.08, snapshot_kimg: 0.08, preview_images: 0 }
 "#,
     );
-    let mut child = p
-        .relay(&["run", "pipeline.yaml", "--device", "cpu"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let partial = p.path().join("runs/.relay/partial");
-    let t0 = std::time::Instant::now();
-    loop {
-        let snapshot = std::fs::read_dir(&partial)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("base."))
-            .any(|e| {
-                std::fs::read_dir(e.path().join("snapshots"))
-                    .map(|mut d| {
-                        d.any(|x| {
-                            x.is_ok_and(|x| {
-                                x.file_name().to_string_lossy().starts_with("snapshot-")
+    p.kill_9_when(
+        &["run", "pipeline.yaml", "--device", "cpu"],
+        std::time::Duration::from_secs(120),
+        "no snapshot was written",
+        || {
+            std::fs::read_dir(&partial)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("base."))
+                .any(|e| {
+                    std::fs::read_dir(e.path().join("snapshots"))
+                        .map(|mut d| {
+                            d.any(|x| {
+                                x.is_ok_and(|x| {
+                                    x.file_name().to_string_lossy().starts_with("snapshot-")
+                                })
                             })
                         })
-                    })
-                    .unwrap_or(false)
-            });
-        if snapshot {
-            break;
-        }
-        assert!(t0.elapsed().as_secs() < 120, "no snapshot was written");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+                        .unwrap_or(false)
+                })
+                .then_some(())
+        },
+    );
     assert!(
         !p.path().join("runs/base").exists(),
         "nothing published after kill -9"
