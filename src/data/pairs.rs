@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use image::RgbImage;
 use rayon::prelude::*;
-use serde::Serialize;
 
 use super::image::{decode_rgb, encode_png, sha256_hex};
 use super::prep::{clean_tmp, commit_part, finish_parts, read_records, PartRecord, PARTS_DIR};
@@ -38,15 +37,8 @@ pub struct PairsOptions {
     pub threads: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PairsSummary {
-    pub samples: u64,
-    pub rejects: u64,
-    pub shards: u64,
-    pub bytes: u64,
-    pub resumed_shards: u64,
-    pub seconds: f64,
-}
+/// What `downsample` did: the same figures as `shard`'s.
+pub type PairsSummary = super::prep::ShardSummary;
 
 /// Check `resolutions` for `filter` before reading anything.
 pub fn check_resolutions(resolutions: &[u32], filter: Filter) -> std::result::Result<(), String> {

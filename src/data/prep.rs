@@ -48,7 +48,7 @@ pub struct ShardOptions {
     pub prefix: String,
 }
 
-/// What `shard` did.
+/// What `shard` (and `downsample`) did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShardSummary {
     pub samples: u64,

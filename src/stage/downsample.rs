@@ -62,6 +62,6 @@ impl StageKind for Downsample {
         };
         let s = write_pairs(&input.dir, &cx.out, &opts, &StageMonitor(cx))
             .map_err(|e| stage_error(cx, e))?;
-        written(cx, (s.samples, s.shards, s.bytes, s.rejects, s.seconds), &s)
+        written(cx, &s)
     }
 }

@@ -124,7 +124,7 @@ impl StageKind for Shard {
         };
         let s = write_shards(&source, &cx.out, &opts, &StageMonitor(cx))
             .map_err(|e| stage_error(cx, e))?;
-        written(cx, (s.samples, s.shards, s.bytes, s.rejects, s.seconds), &s)
+        written(cx, &s)
     }
 }
 

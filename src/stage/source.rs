@@ -273,24 +273,26 @@ impl StageKind for SourceFolder {
     }
 }
 
-/// Log what a shard-writing stage wrote (samples, shards, bytes, rejects, seconds) and turn
-/// its summary into the run record's `info`.
+/// Log what a shard-writing stage (`shard`, `downsample`) wrote and turn its summary into
+/// the run record's `info`.
 pub(crate) fn written(
     cx: &StageContext,
-    (samples, shards, bytes, rejects, seconds): (u64, u64, u64, u64, f64),
-    summary: &impl serde::Serialize,
+    s: &crate::data::prep::ShardSummary,
 ) -> anyhow::Result<Outcome> {
     cx.progress.log(format!(
-        "{samples} samples in {shards} shards ({:.1} MB), {rejects} rejected, {:.1} images/s",
-        bytes as f64 / 1e6,
-        (samples + rejects) as f64 / seconds.max(1e-9)
+        "{} samples in {} shards ({:.1} MB), {} rejected, {:.1} images/s",
+        s.samples,
+        s.shards,
+        s.bytes as f64 / 1e6,
+        s.rejects,
+        (s.samples + s.rejects) as f64 / s.seconds.max(1e-9)
     ));
-    let info = match serde_json::to_value(summary)? {
+    let info = match serde_json::to_value(s)? {
         serde_json::Value::Object(map) => map,
         _ => Default::default(),
     };
     Ok(Outcome {
-        images: Some(samples),
+        images: Some(s.samples),
         info,
         partial: false,
     })
