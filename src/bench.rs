@@ -2,9 +2,9 @@
 //!
 //! It times exactly the work that training and sampling do, on random data, and nothing
 //! that depends on a dataset:
-//! 1. Train step: the EDM loss of [`EdmPrecond::forward_train`] (σ = exp(1.2·n − 1.2),
-//!    weight (σ² + σ_d²)/(σ·σ_d)², P_mean/P_std as EDM), `backward`, and one step of the
-//!    training loop's own [`Adam`] over every weight.
+//! 1. Train step: the training loop's own EDM loss ([`EdmLoss::loss_at`] on
+//!    [`EdmPrecond::forward_train`], noise from each image's seed stream as in training),
+//!    `backward`, and one step of the training loop's own [`Adam`] over every weight.
 //! 2. Sample forward: D(x; σ = 80) in eval mode, on a network loaded from plain tensors, as
 //!    `sample` stages load it (so no autograd graph is kept).
 //!
@@ -20,6 +20,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::device::DeviceSpec;
+use crate::diffusion::loss::EdmLoss;
+use crate::diffusion::noise::{NoiseSource, SeedNoise};
 use crate::model::dropout::DropoutKey;
 use crate::model::info::{flops_per_image, model_info};
 use crate::model::{EdmPrecond, UnetConfig};
@@ -27,10 +29,6 @@ use crate::train::optim::{seeded_var_builder, var_tensors, Adam, TensorMap};
 
 /// Warm-up steps before timing (allocator, thread pool and page faults settle).
 const WARMUP: usize = 2;
-/// EDM's training noise distribution (Karras et al. 2022, Table 1) and σ_d.
-const P_MEAN: f64 = -1.2;
-const P_STD: f64 = 1.2;
-const SIGMA_DATA: f64 = 0.5;
 
 /// What [`model`] measured.
 #[derive(Debug, Clone)]
@@ -189,18 +187,17 @@ pub fn model(
     let net = EdmPrecond::new(vb, &cfg)?;
     let vars = vars();
     let mut adam = Adam::new(&vars, [0.9, 0.999], 1e-8)?;
-    let y = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * SIGMA_DATA)?;
+    let y = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * EdmLoss::default().sigma_data)?;
     let labels = random_labels(&cfg, batch, &dev)?;
     let mut phases: Vec<[f64; 3]> = Vec::new();
     let train_seconds = time_steps(steps, &dev, || {
         let t0 = Instant::now();
-        let sigma = Tensor::randn(0f32, 1., batch, &dev)?
-            .affine(P_STD, P_MEAN)?
-            .exp()?;
-        let s4 = sigma.reshape((batch, 1, 1, 1))?;
-        let sd2 = SIGMA_DATA * SIGMA_DATA;
-        let weight = ((s4.sqr()? + sd2)? / (s4.sqr()? * sd2)?)?;
-        let noise = Tensor::randn(0f32, 1., y.shape(), &dev)?.broadcast_mul(&s4)?;
+        let step = phases.len() as u64;
+        let seeds: Vec<u64> = (0..batch as u64).map(|j| (step << 32) | j).collect();
+        let mut noise = SeedNoise::new(&seeds);
+        let r = noise
+            .randn(&[], DType::F64, &Device::Cpu)?
+            .to_vec1::<f64>()?;
         // bf16: the step's network on bf16 copies of the float32 weights, as the trainer.
         let cast;
         let net = if bf16 {
@@ -212,14 +209,13 @@ pub fn model(
         } else {
             &net
         };
-        let d = net.forward_train(
-            &(&y + noise)?,
-            &sigma,
-            labels.as_ref(),
-            None,
-            DropoutKey(phases.len() as u64),
-        )?;
-        let loss = weight.broadcast_mul(&(d - &y)?.sqr()?)?.sum_all()?;
+        let d = |x: &Tensor, s: &Tensor, l: Option<&Tensor>| {
+            net.forward_train(x, s, l, None, DropoutKey(step))
+        };
+        let loss = EdmLoss::default()
+            .loss_at(&d, &y, labels.as_ref(), &r, &mut noise)?
+            .loss
+            .sum_all()?;
         dev.synchronize()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;

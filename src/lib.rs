@@ -1,18 +1,25 @@
 //! `relay`: a pipeline-as-dataflow job runner for cascaded ("relay") diffusion research.
 //!
 //! ```text
-//! pipelines/*.yaml ─► spec ─► plan (validated DAG) ─► exec (tokio) ─► stage kinds ─► data | diffusion | model | manifest
-//!  (what the user wrote) (what we will do)           (how we run it)   (adapters)      (libraries)
+//! pipelines/*.yaml ─► spec ─► plan (validated DAG) ─► exec (queue + drain loop) ─► stage kinds ─► train | sample | data | diffusion | model | hub | manifest
+//!  (what the user wrote) (what we will do)            (how we run it)              (adapters)     (libraries)
 //! ```
 //!
-//! * [`spec`]: parse the YAML, resolve templates, variables and overrides. No tokio, no candle.
-//! * [`plan`]: the validated DAG (matrix fan-out, cycle check) and freshness of every stage.
-//! * [`exec`]: runs a plan; the only module that uses tokio and indicatif.
-//! * [`stage`]: the stage kinds (`command`, `source/*`, `shard`, `downsample`, ...): where libraries meet.
-//! * [`diffusion`]: EDM and relay (blurring) diffusion math: tensors in, tensors out.
-//! * [`model`]: the ADM U-Net in candle.
-//! * [`data`]: images, WebDataset shards, dataset descriptors.
-//! * [`manifest`]: Arrow schemas and Parquet readers/writers.
+//! Layers, top to bottom; a module imports only modules below it:
+//!
+//! | layer | modules |
+//! |-------|---------|
+//! | command line | [`cli`] (`main.rs` only parses, dispatches, prints the error chain) |
+//! | running | [`exec`] (drain loop, commits, records, Slurm), [`bench`] |
+//! | planning | [`plan`] (validated DAG, matrix fan-out), then [`spec`] (the YAML) |
+//! | stage kinds | [`stage`]: the only place where several libraries meet |
+//! | libraries | [`train`], [`sample`] (use the ones below), [`hub`], [`data`], [`manifest`], [`model`], [`diffusion`] |
+//! | shared bottom | [`base`] (cancellation, digests, run records, locks), [`device`], [`util`] |
+//!
+//! * [`exec`] drives the executor on tokio; [`hub`] drives hf-hub's async client on its own
+//!   small runtime (callable from the blocking threads stages run on). Nothing else uses tokio.
+//! * [`diffusion`]: EDM and relay (blurring) diffusion math, tensors in and out; [`model`]:
+//!   the ADM U-Net in candle (it sees a `VarBuilder`, not a path, but for `model::checkpoint`).
 
 pub mod base;
 pub mod bench;

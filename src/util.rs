@@ -107,6 +107,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// A scalar as text (for names and string interpolation).
+pub fn scalar_string(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Null => "null".into(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    }
+}
+
 /// A path as the user should see it: relative to the current folder when inside it.
 pub fn display_path(p: &Path) -> String {
     if let Ok(cwd) = std::env::current_dir() {

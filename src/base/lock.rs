@@ -13,13 +13,50 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct FileLock {
     path: PathBuf,
-    _file: std::fs::File,
+    file: std::fs::File,
+    /// Whether this holder wrote its name into the file (cleared again on release).
+    named: bool,
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        if self.named {
+            // Still locked here: nobody reads a stale holder once the lock is free.
+            let _ = self.file.set_len(0);
+        }
+    }
 }
 
 impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Say who holds the lock (pid, host, since when), for the message another process
+    /// prints when it finds the lock held. Best effort: the lock itself is what counts.
+    pub fn write_holder(&mut self) {
+        use std::io::{Seek, Write};
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let text = format!(
+            "pid {} on {} since {}\n",
+            std::process::id(),
+            if host.is_empty() { "this host" } else { &host },
+            crate::base::record::rfc3339(std::time::SystemTime::now())
+        );
+        let _ = self.file.set_len(0);
+        let _ = self.file.seek(std::io::SeekFrom::Start(0));
+        let _ = self.file.write_all(text.as_bytes());
+        self.named = true;
+    }
+}
+
+/// Who holds the lock at `path`, as its holder wrote it (empty when unknown).
+pub fn holder(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The outcome of [`try_lock`].
@@ -69,15 +106,33 @@ fn open_lock_file(path: &Path) -> Result<std::fs::File, LockError> {
         .map_err(create)
 }
 
+/// How a lock is held: by one process, or by any number of readers (shard workers of one
+/// stage share its lock; the run that commits the stage holds it alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Exclusive,
+    Shared,
+}
+
 /// Try to take an exclusive lock on `path` (created if missing) without waiting.
 pub fn try_lock(path: &Path) -> Result<TryLock, LockError> {
+    try_lock_mode(path, Mode::Exclusive)
+}
+
+/// Try to take a lock on `path` in `mode` without waiting.
+pub fn try_lock_mode(path: &Path, mode: Mode) -> Result<TryLock, LockError> {
     let file = open_lock_file(path)?;
+    let op = match mode {
+        Mode::Exclusive => libc::LOCK_EX,
+        Mode::Shared => libc::LOCK_SH,
+    };
     // SAFETY: flock on a file descriptor we own and keep open in the returned guard.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
     if rc == 0 {
         return Ok(TryLock::Acquired(FileLock {
             path: path.to_path_buf(),
-            _file: file,
+            file,
+            named: false,
         }));
     }
     let err = std::io::Error::last_os_error();
@@ -91,16 +146,32 @@ pub fn try_lock(path: &Path) -> Result<TryLock, LockError> {
 }
 
 /// Take an exclusive lock on `path`, waiting for the holder to release it (for short
-/// read-modify-write sections such as `relay.lock`).
+/// read-modify-write sections, and for shards another live process is writing).
 pub fn lock_blocking(path: &Path) -> Result<FileLock, LockError> {
-    let file = open_lock_file(path)?;
+    wait_for(open_lock_file(path)?, path)
+}
+
+/// Take an exclusive lock on a folder itself (waiting for the holder), for short
+/// read-modify-write sections of a file in it, such as `relay.lock` beside the pipeline:
+/// no lock file is left in the user's folder.
+pub fn lock_dir(dir: &Path) -> Result<FileLock, LockError> {
+    let file = std::fs::File::open(dir).map_err(|source| LockError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    wait_for(file, dir)
+}
+
+/// `flock(LOCK_EX)` on `file`, retried when a signal interrupts the wait.
+fn wait_for(file: std::fs::File, path: &Path) -> Result<FileLock, LockError> {
     loop {
-        // SAFETY: as in `try_lock`.
+        // SAFETY: flock on a file descriptor we own and keep open in the returned guard.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc == 0 {
             return Ok(FileLock {
                 path: path.to_path_buf(),
-                _file: file,
+                file,
+                named: false,
             });
         }
         let err = std::io::Error::last_os_error();
@@ -130,5 +201,29 @@ mod tests {
         drop(first);
         assert!(matches!(try_lock(&p).unwrap(), TryLock::Acquired(_)));
         let _b = lock_blocking(&p).unwrap();
+    }
+
+    #[test]
+    fn shared_locks_exclude_only_the_exclusive_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.lock");
+        let TryLock::Acquired(a) = try_lock_mode(&p, Mode::Shared).unwrap() else {
+            panic!("shared")
+        };
+        let TryLock::Acquired(_b) = try_lock_mode(&p, Mode::Shared).unwrap() else {
+            panic!("a second shared lock")
+        };
+        assert!(matches!(try_lock(&p).unwrap(), TryLock::Held));
+        drop(a);
+        drop(_b);
+        let TryLock::Acquired(mut x) = try_lock(&p).unwrap() else {
+            panic!("exclusive")
+        };
+        x.write_holder();
+        assert!(holder(&p).starts_with(&format!("pid {}", std::process::id())));
+        assert!(matches!(
+            try_lock_mode(&p, Mode::Shared).unwrap(),
+            TryLock::Held
+        ));
     }
 }

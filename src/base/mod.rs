@@ -6,8 +6,12 @@
 //! * [`digest`]: listings and content digests of output folders.
 //! * [`record`]: run records (`runs.jsonl`) and what went into a fingerprint.
 //! * [`lock`]: advisory file locks (`flock`), with the errno when locking itself fails.
+//! * [`crash`]: deterministic crash points for the fault tests (`RELAY_CRASH_AT`).
+//! * [`world`]: this process's place among data-parallel ranks.
 
 pub mod cancel;
+pub mod crash;
 pub mod digest;
 pub mod lock;
 pub mod record;
+pub mod world;

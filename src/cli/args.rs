@@ -155,6 +155,15 @@ pub enum ExecutorKind {
 }
 
 #[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -222,5 +231,7 @@ pub(crate) fn run_options(
         jobs: jobs.unwrap_or(cores.max(2)),
         shard,
         lockfile: None,
+        world: Default::default(),
+        launch: None,
     }
 }

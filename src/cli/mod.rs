@@ -64,6 +64,10 @@ pub enum Command {
     Exec(ExecArgs),
     /// Cancel the pipeline's Slurm jobs that are still queued or running (scancel).
     Cancel(PipelineArgs),
+    /// Remove kept interrupted work that no rerun resumes from: partial outputs of other
+    /// fingerprints (kept when a parameter changed, listed by `relay status`) and leftovers
+    /// of dead runs. Never implicit; a stage another process runs is left alone.
+    Gc(GcArgs),
     /// Network configurations: parameter counts and FLOPs.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -96,11 +100,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a),
         Command::Plan(a) => run::plan(a),
         Command::Exec(a) => run::exec(a),
-        Command::Status(a) => {
-            print::status(&load_plan(&a)?);
-            Ok(0)
-        }
+        Command::Status(a) => run::status(&a),
         Command::Cancel(a) => slurm::cancel(&a),
+        Command::Gc(a) => run::gc(&a),
         Command::Validate(a) => tools::validate(&a),
         Command::Graph(a) => tools::graph(&a),
         Command::Export(a) => tools::export(&a),

@@ -7,6 +7,8 @@ use crate::plan::Plan;
 pub fn exit_code(r: &RunReport) -> i32 {
     if r.failed() {
         1
+    } else if r.busy() {
+        2
     } else if r.cancelled {
         130
     } else {
@@ -76,7 +78,9 @@ pub fn summary(r: &RunReport) {
             .as_ref()
             .map(|p| crate::util::display_path(p))
             .unwrap_or_else(|| match &s.status {
-                Status::Skipped(why) | Status::Blocked(why) => format!("({why})"),
+                Status::Skipped(why) | Status::Blocked(why) | Status::Busy(why) => {
+                    format!("({why})")
+                }
                 _ => String::new(),
             });
         println!(
@@ -137,5 +141,78 @@ pub fn status(plan: &Plan) {
                 );
             }
         }
+    }
+}
+
+/// Human size of a byte count.
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+/// One kept folder in words.
+fn kept_line(k: &crate::exec::gc::Kept) -> String {
+    let what = match (k.what, &k.fingerprint) {
+        ("partial", Some(fp)) if k.current => {
+            format!("interrupted run of the current fingerprint {fp} (a rerun resumes it)")
+        }
+        ("partial", Some(fp)) => format!("interrupted run of another fingerprint {fp}"),
+        (w, _) => format!("{w} leftovers of a dead run"),
+    };
+    format!(
+        "{}: {what}, {} files, {} — {}",
+        k.stage,
+        k.files,
+        size(k.bytes),
+        crate::util::display_path(&k.path)
+    )
+}
+
+/// `relay status`'s list of kept interrupted work.
+pub fn kept(kept: &[crate::exec::gc::Kept]) {
+    if kept.is_empty() {
+        return;
+    }
+    println!("\nkept work (`relay gc` removes what no rerun resumes):");
+    for k in kept {
+        println!("  {}", kept_line(k));
+    }
+}
+
+/// What `relay gc` removed.
+pub fn collected(done: &[crate::exec::gc::Collected], dry_run: bool) {
+    use crate::exec::gc::Collected;
+    let mut freed = 0;
+    for c in done {
+        match c {
+            Collected::Removed(k) => {
+                freed += k.bytes;
+                println!(
+                    "{} {}",
+                    if dry_run { "would remove" } else { "removed" },
+                    kept_line(k)
+                );
+            }
+            Collected::Busy(k) => println!(
+                "left {} (another process runs stage `{}`)",
+                crate::util::display_path(&k.path),
+                k.stage
+            ),
+        }
+    }
+    if done.is_empty() {
+        println!("nothing to remove");
+    } else {
+        println!(
+            "{} {}",
+            if dry_run { "would free" } else { "freed" },
+            size(freed)
+        );
     }
 }

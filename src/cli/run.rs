@@ -1,9 +1,15 @@
 //! `relay run`, `relay plan` and `relay exec`: the local executor.
 
-use super::args::{run_options, ExecArgs, ExecutorKind, PlanArgs, RunArgs, SelectArgs};
+use super::args::{
+    run_options, ExecArgs, ExecutorKind, GcArgs, PipelineArgs, PlanArgs, RunArgs, SelectArgs,
+};
 use super::{load_plan, print, BadInput};
 use crate::device::DeviceSpec;
-use crate::exec::{run_blocking, Status};
+use std::sync::Arc;
+
+use crate::exec::{launch, run_blocking, Status};
+use crate::plan::graph::Graph;
+use crate::spec::SpecErrors;
 
 /// `relay run`: every stage that is not up to date (or submit them to Slurm).
 pub fn run(a: RunArgs) -> anyhow::Result<i32> {
@@ -42,7 +48,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     let plan = load_plan(&a.pipeline)?;
     let world = crate::train::World::from_env()?;
     if world.rank > 0 {
-        crate::exec::follow::run(&plan, &a.stage, a.device, world.rank)?;
+        crate::exec::follow::run(&plan, &a.stage, a.device, world)?;
         return Ok(0);
     }
     let select = SelectArgs {
@@ -51,19 +57,127 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         until: None,
         force: vec![],
     };
-    let opts = run_options(&select, false, a.device, Some(1), false, a.shard);
-    let report = run_blocking(plan, opts)?;
+    let mut opts = run_options(&select, false, a.device, Some(1), false, a.shard);
+    opts.world = world;
+    let launch = if world.size > 1 {
+        let (addr, port) = launch::address_from_env()?;
+        Some(Arc::new(launch::Announcer::listen(world, &addr, port)?))
+    } else {
+        None
+    };
+    opts.launch = launch.clone();
+    // What the stage needs (a stage after it, not selected, does not matter here).
+    let target = plan.select(&a.stage).map_err(SpecErrors::from)?;
+    if let Some(sh) = a.shard {
+        if let Some(&i) = target.iter().find(|&&i| {
+            let n = &plan.nodes[i];
+            n.kind.shards(&n.params, std::path::Path::new("")).is_none()
+        }) {
+            let n = &plan.nodes[i];
+            return Err(BadInput(format!(
+                "`--shard {}/{}`: stage `{}` ({}) is not split into shards; only `sample` stages are. Run it without --shard, once",
+                sh.index,
+                sh.count,
+                n.name,
+                n.kind.name()
+            ))
+            .into());
+        }
+    }
+    let deps = plan.deps();
+    let upstream = Graph { deps: &deps }.upstream(&target);
+    let needed: Vec<String> = (0..plan.nodes.len())
+        .filter(|&i| upstream[i] && !target.contains(&i))
+        .map(|i| plan.nodes[i].name.clone())
+        .collect();
+    let target_names: Vec<String> = target.iter().map(|&i| plan.nodes[i].name.clone()).collect();
+    let a_stage = a.stage.clone();
+    let report = run_blocking(plan, opts);
+    if let Some(a) = &launch {
+        // The stage did not start (or the run ended before saying so): tell the others.
+        a.announce(match &report {
+            Err(e) => launch::Verdict::Failed(format!("{e:#}")),
+            Ok(r) => match r
+                .stages
+                .iter()
+                .find(|s| target_names.contains(&s.name))
+                .map(|s| &s.status)
+            {
+                Some(Status::Cached | Status::Unselected | Status::Done) => launch::Verdict::Cached,
+                Some(other) => {
+                    launch::Verdict::Failed(format!("stage `{}` is {}", a_stage, other.word()))
+                }
+                None => launch::Verdict::Failed("no such stage".into()),
+            },
+        });
+        let heard = a.finish(std::time::Duration::from_secs(60));
+        if heard + 1 < world.size {
+            eprintln!(
+                "warning: only {heard} of the {} other ranks heard from rank 0",
+                world.size - 1
+            );
+        }
+    }
+    let report = report?;
     print::summary(&report);
     if let Some(s) = report
         .stages
         .iter()
-        .find(|s| matches!(s.status, Status::Blocked(_)))
+        .find(|s| matches!(s.status, Status::Blocked(_)) && needed.contains(&s.name))
     {
         return Err(BadInput(format!(
-            "stage `{}` is needed by `{}` but has no complete output; run it first (relay run PIPELINE --until {})",
-            s.name, a.stage, s.name
+            "stage `{}` is needed by `{}` but has no complete output; run it first (relay exec PIPELINE {}, or relay run PIPELINE --until {})",
+            s.name, a.stage, s.name, s.name
         ))
         .into());
     }
+    if let Some(s) = report
+        .stages
+        .iter()
+        .find(|s| matches!(s.status, Status::Busy(_)))
+    {
+        let Status::Busy(why) = &s.status else {
+            unreachable!()
+        };
+        return Err(BadInput(why.clone()).into());
+    }
     Ok(print::exit_code(&report))
+}
+
+/// Every stage's current fingerprint (`None` where it cannot be known yet: an input has no
+/// output), from a dry run.
+fn current_fingerprints(plan: &crate::plan::Plan) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let select = SelectArgs {
+        only: vec![],
+        from: None,
+        until: None,
+        force: vec![],
+    };
+    let report = run_blocking(
+        plan.clone(),
+        run_options(&select, true, DeviceSpec::Auto, None, false, None),
+    )?;
+    Ok(report
+        .stages
+        .into_iter()
+        .map(|s| (s.name, s.fingerprint))
+        .collect())
+}
+
+/// `relay status`: the last run of each stage, Slurm jobs, and kept interrupted work.
+pub fn status(a: &PipelineArgs) -> anyhow::Result<i32> {
+    let plan = load_plan(a)?;
+    print::status(&plan);
+    let kept = crate::exec::gc::kept(&plan.spec.workdir, &current_fingerprints(&plan)?);
+    print::kept(&kept);
+    Ok(0)
+}
+
+/// `relay gc`: remove kept work that no rerun resumes from.
+pub fn gc(a: &GcArgs) -> anyhow::Result<i32> {
+    let plan = load_plan(&a.pipeline)?;
+    let stages = current_fingerprints(&plan)?;
+    let done = crate::exec::gc::collect(&plan.spec.workdir, &stages, a.dry_run);
+    print::collected(&done, a.dry_run);
+    Ok(0)
 }

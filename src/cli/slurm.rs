@@ -40,7 +40,12 @@ pub fn run(plan: Plan, a: &RunArgs) -> anyhow::Result<i32> {
     } else {
         slurm::max_array_size()
     };
-    let sp = SlurmPlan::new(&plan, &report, &inv, max_array)?;
+    let sp = SlurmPlan::new(&plan, &report, &inv, max_array).map_err(|e| {
+        match e.downcast_ref::<crate::exec::slurm::UnsafeValue>() {
+            Some(u) => super::BadInput(u.to_string()).into(),
+            None => e,
+        }
+    })?;
     if sp.jobs.is_empty() {
         print::plan(&report);
         println!("nothing to submit: every stage is up to date");

@@ -128,6 +128,7 @@ pub(crate) fn commit_part(
         w.push(r)?;
     }
     w.finish()?;
+    crate::base::crash::point("shard:part-written");
     let json = serde_json::to_vec_pretty(record).expect("serialisable");
     write_atomic(&parts.join(format!("{name}.json")), &json)
 }
@@ -154,14 +155,15 @@ pub(crate) fn finish_parts(
     Ok((samples, rejected))
 }
 
-/// Remove `*.tmp` leftovers of an interrupted run.
+/// Remove the temporary files an interrupted run left (the caller holds the stage's lock,
+/// so no live writer owns them).
 pub(crate) fn clean_tmp(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
     for e in std::fs::read_dir(dir).map_err(DataError::io("read", dir))? {
         let e = e.map_err(DataError::io("read", dir))?;
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
+        if crate::util::is_temp_name(&e.file_name().to_string_lossy()) {
             std::fs::remove_file(e.path()).map_err(DataError::io("remove", e.path()))?;
         }
     }

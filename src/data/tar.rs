@@ -4,7 +4,8 @@
 //! Plain POSIX ustar, the format Python's `tarfile` (and so the `webdataset` library)
 //! and the `webdataset` crate read: every member is a regular file with mode 0644,
 //! uid/gid 0, empty owner names and mtime 0, so the same samples give the same bytes.
-//! The shard is written to `NAME.tmp` and renamed to `NAME` by [`ShardWriter::finish`]
+//! The shard is written to a temporary name of the writer's own (`.NAME.tmp.PID.RANDOM`) and
+//! renamed to `NAME` by [`ShardWriter::finish`]
 //! after an fsync; an interrupted shard never appears under its final name.
 //!
 //! Keys must not contain a dot: WebDataset splits a member name at the first dot of its
@@ -81,7 +82,8 @@ fn header(name: &str, size: u64) -> Result<[u8; BLOCK]> {
     Ok(h)
 }
 
-/// Writes one shard through `NAME.tmp`; see the module doc.
+/// Writes one shard through a temporary file of its own ([`crate::util::temp_path`]); see
+/// the module doc.
 pub struct ShardWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -92,9 +94,9 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        let tmp = path.with_file_name(name);
+        // A name of this writer's own: two processes writing the same shard (a requeued
+        // task beside its ghost) never write into one file.
+        let tmp = crate::util::temp_path(path);
         let file = File::create(&tmp).map_err(DataError::io("create shard", &tmp))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -144,8 +146,10 @@ impl ShardWriter {
         let file = out.into_inner().map_err(|e| io()(e.into_error()))?;
         file.sync_all().map_err(io())?;
         drop(file);
+        crate::base::crash::point("shard:before-rename");
         std::fs::rename(&self.tmp, &self.path)
             .map_err(DataError::io("rename shard into place", &self.path))?;
+        crate::base::crash::point("shard:after-rename");
         Ok(self.bytes + 2 * BLOCK as u64)
     }
 }
@@ -300,6 +304,18 @@ pub fn read_member(file: &mut File, path: &Path, offset: u64, size: u64) -> Resu
 mod tests {
     use super::*;
 
+    /// Temporary files of `name` in `dir`.
+    fn temp_files(dir: &Path, name: &str) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let f = e.file_name().to_string_lossy().into_owned();
+                f.starts_with(&format!(".{name}.tmp."))
+            })
+            .count()
+    }
+
     #[test]
     fn writes_reproducible_readable_tars() {
         let dir = tempfile::tempdir().unwrap();
@@ -311,8 +327,11 @@ mod tests {
             w.write_sample("00000002", &[("256.png", &[7u8; 600][..])])
                 .unwrap();
             assert_eq!(w.bytes(), 2 * 1024 + 512 + 1024);
-            assert!(dir.path().join(format!("{name}.tmp")).exists());
+            // Written under a temporary name of its own, not the final one.
+            assert_eq!(temp_files(dir.path(), name), 1);
+            assert!(!dir.path().join(name).exists());
             w.finish().unwrap();
+            assert_eq!(temp_files(dir.path(), name), 0);
             std::fs::read(path).unwrap()
         };
         let a = write("a.tar");
@@ -335,7 +354,7 @@ mod tests {
         let e = w.write_sample("img.001", &[("png", b"")]).unwrap_err();
         assert!(e.to_string().contains("without `.`"), "{e}");
         drop(w);
-        assert!(!dir.path().join("x.tar.tmp").exists());
+        assert_eq!(temp_files(dir.path(), "x.tar"), 0);
         assert!(!dir.path().join("x.tar").exists());
     }
 

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use super::launch::Verdict;
 use crate::base::cancel::Cancel;
+use crate::base::world::World;
 use crate::device::DeviceSpec;
 use crate::plan::Plan;
 use crate::stage::context::LogFile;
@@ -17,8 +19,59 @@ use crate::stage::{Progress, StageContext};
 /// Kinds that can run on several ranks.
 const DATA_PARALLEL_KINDS: &[&str] = &["train"];
 
-/// Run `stage` of `plan` as rank `rank` (not 0), with Ctrl-C wired to cancellation.
-pub fn run(plan: &Plan, stage: &str, device: DeviceSpec, rank: usize) -> anyhow::Result<()> {
+/// Run `stage` of `plan` as a rank other than 0 of `world`, with Ctrl-C wired to
+/// cancellation — if rank 0 says the stage runs ([`super::launch`]); a cached stage ends
+/// this rank at once, and so does one rank 0 could not start (an error naming why).
+pub fn run(plan: &Plan, stage: &str, device: DeviceSpec, world: World) -> anyhow::Result<()> {
+    // What this rank can refuse on its own comes first: it needs no word from rank 0.
+    let Some(node) = plan.nodes.iter().find(|n| n.name == stage) else {
+        bail!("the pipeline has no stage `{stage}`; `relay plan` lists them");
+    };
+    if !DATA_PARALLEL_KINDS.contains(&node.kind.name()) {
+        bail!(
+            "stage `{stage}` ({}) runs as one process, but this is rank {} of a data-parallel \
+             launch; launch it once (unset WORLD_SIZE / RANK)",
+            node.kind.name(),
+            world.rank
+        );
+    }
+    // Under a launcher (torchrun and srun set MASTER_PORT) rank 0 answers first: a cached
+    // stage ends here on any device. Without one there is nobody to ask.
+    if std::env::var_os("MASTER_PORT").is_none() {
+        crate::stage::train::check_world(stage, device, world)?;
+        return follow_now(plan, stage, device, world.rank);
+    }
+    let (addr, port) = super::launch::address_from_env()?;
+    let wait = |var: &str, default: u64| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(std::time::Duration::from_secs(default))
+    };
+    match super::launch::await_verdict(
+        world,
+        &addr,
+        port,
+        wait("RELAY_RANK0_CONNECT_SECS", 120),
+        wait("RELAY_RANK0_DECIDE_SECS", 600),
+    )? {
+        Verdict::Run => {}
+        Verdict::Cached => {
+            eprintln!(
+                "rank {}: stage `{stage}` is up to date (rank 0 found it cached); nothing to do",
+                world.rank
+            );
+            return Ok(());
+        }
+        Verdict::Failed(why) => bail!("rank 0 did not start stage `{stage}`: {why}"),
+    }
+    crate::stage::train::check_world(stage, device, world)?;
+    follow_now(plan, stage, device, world.rank)
+}
+
+/// Follow rank 0 now, with Ctrl-C wired to cancellation.
+fn follow_now(plan: &Plan, stage: &str, device: DeviceSpec, rank: usize) -> anyhow::Result<()> {
     let cancel = Cancel::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -36,16 +89,11 @@ fn follow(
     rank: usize,
     cancel: Cancel,
 ) -> anyhow::Result<()> {
-    let Some(node) = plan.nodes.iter().find(|n| n.name == stage) else {
-        bail!("the pipeline has no stage `{stage}`; `relay plan` lists them");
-    };
-    if !DATA_PARALLEL_KINDS.contains(&node.kind.name()) {
-        bail!(
-            "stage `{stage}` ({}) runs as one process, but this is rank {rank} of a data-parallel \
-             launch; launch it once (unset WORLD_SIZE / RANK)",
-            node.kind.name()
-        );
-    }
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == stage)
+        .expect("checked by `run`");
     let workdir = &plan.spec.workdir;
     let mut inputs = Vec::new();
     for &d in &node.needs {
@@ -84,6 +132,7 @@ fn follow(
             .map(|n| n.get())
             .unwrap_or(1),
         shard: None,
+        world: World::from_env()?,
         cancel,
         progress: Progress::silent(),
         log: LogFile::none(),

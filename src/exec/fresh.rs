@@ -76,7 +76,73 @@ pub fn check_intact(workdir: &Path, name: &str, state: &State) -> Result<(), Str
     Err(format!("its outputs were modified (e.g. `{changed}`)"))
 }
 
-/// The JSON form of a stage's parameters (for fingerprints and records).
+/// The JSON form of a stage's parameters (for fingerprints and records). Equal to serde's
+/// conversion wherever that is faithful; where it is not — ±∞ and NaN (serde writes
+/// `null`), mapping keys that are not strings, tagged values (serde fails, and the whole
+/// mapping became `null`) — the YAML spelling is kept as a string, so different parameters
+/// never share a fingerprint.
 pub fn params_json(params: &serde_yaml::Value) -> Value {
-    serde_json::to_value(params).unwrap_or(Value::Null)
+    use serde_yaml::Value as Y;
+    match params {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(*b),
+        Y::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() && !x.is_finite() => Value::String(
+                if x.is_nan() {
+                    ".nan"
+                } else if x > 0.0 {
+                    ".inf"
+                } else {
+                    "-.inf"
+                }
+                .into(),
+            ),
+            _ => serde_json::to_value(n).unwrap_or(Value::Null),
+        },
+        Y::String(s) => Value::String(s.clone()),
+        Y::Sequence(s) => Value::Array(s.iter().map(params_json).collect()),
+        Y::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s.clone(),
+                        other => crate::util::scalar_string(other),
+                    };
+                    (key, params_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => {
+            let mut m = serde_json::Map::new();
+            m.insert(t.tag.to_string(), params_json(&t.value));
+            Value::Object(m)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(yaml: &str) -> Value {
+        params_json(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn params_json_agrees_with_serde_where_serde_is_faithful() {
+        let y: serde_yaml::Value =
+            serde_yaml::from_str("{a: 1, b: [0.15, -2, true, null, x], c: {d: 1.0e-3}}").unwrap();
+        assert_eq!(params_json(&y), serde_json::to_value(&y).unwrap());
+    }
+
+    #[test]
+    fn different_parameters_never_share_a_fingerprint_form() {
+        // serde maps ∞ and NaN to null and a non-string key to null for the whole mapping.
+        assert_ne!(json("{s_max: .inf}"), json("{s_max: null}"));
+        assert_ne!(json("{s_max: .inf}"), json("{s_max: -.inf}"));
+        assert_ne!(json("{x: .nan}"), json("{x: null}"));
+        assert_ne!(json("{1: a}"), json("{2: a}"));
+        assert_eq!(json("{1: a}")["1"], "a");
+        assert_ne!(json("{x: !t 1}"), json("{x: 1}"));
+    }
 }

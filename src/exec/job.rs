@@ -8,11 +8,14 @@ use std::time::{Instant, SystemTime};
 
 use super::commit;
 use super::fresh::{self, State};
+use super::launch::{Announcer, Verdict};
 use super::progress::Ui;
 use super::queue::Lease;
 use super::report::Status;
 use crate::base::cancel::{Cancel, Cancelled};
+use crate::base::lock::Mode;
 use crate::base::record::{self, FingerprintInputs, Record};
+use crate::base::world::World;
 use crate::device::DeviceSpec;
 use crate::plan::Plan;
 use crate::stage::context::LogFile;
@@ -38,6 +41,12 @@ pub struct StageJob {
     pub cancel: Cancel,
     pub ui: Ui,
     pub why: Vec<String>,
+    /// `--force`: run even if another process committed the same fingerprint meanwhile.
+    pub forced: bool,
+    /// Its place among data-parallel ranks (`relay exec` under a launcher).
+    pub world: World,
+    /// Rank 0 of a data-parallel launch: says `run` to the others when the kind starts.
+    pub launch: Option<Arc<Announcer>>,
     /// The job slot and devices it holds (given back by the drain loop when it ends).
     pub lease: Lease,
 }
@@ -61,7 +70,6 @@ pub fn run_stage(job: StageJob) -> Message {
     let spec = &job.plan.spec;
     let workdir = &spec.workdir;
     let relay_dir = workdir.join(".relay");
-    let short = &job.fingerprint[..16];
     let log = LogFile::create(&relay_dir.join("logs").join(format!("{}.log", node.name)))
         .unwrap_or_else(|_| LogFile::none());
     let reporter = Arc::new(job.ui.stage(&node.name, log.clone()));
@@ -70,6 +78,47 @@ pub fn run_stage(job: StageJob) -> Message {
         .println(&format!("[{}] starting: {}", node.name, job.why.join("; ")));
     let started_wall = SystemTime::now();
     let t0 = Instant::now();
+    let finish = |status: Status, state: Option<State>| {
+        reporter.finish();
+        Message {
+            node: job.node,
+            status,
+            seconds: t0.elapsed().as_secs_f64(),
+            state,
+        }
+    };
+    // 1. The stage's lock: this process alone commits it (`--shard` workers share it).
+    let mode = if job.shard.is_some() {
+        Mode::Shared
+    } else {
+        Mode::Exclusive
+    };
+    let _lock = match commit::lock_stage(workdir, &node.name, mode) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("{e}");
+            log.line(&format!("error: {msg}"));
+            return finish(Status::Busy(msg), None);
+        }
+    };
+    // 2. Another process may have committed it while this one decided or waited.
+    if job.shard.is_none() {
+        if let Err(e) = commit::recover(workdir, &node.name) {
+            log.line(&format!(
+                "warning: finishing an interrupted commit failed: {e:#}"
+            ));
+        }
+        if !job.forced {
+            if let Some(s) = fresh::read_state(workdir, &node.name) {
+                if s.record.fingerprint == job.fingerprint
+                    && fresh::check_intact(workdir, &node.name, &s).is_ok()
+                {
+                    log.line("=== committed meanwhile by another process: using its output");
+                    return finish(Status::Cached, Some(s));
+                }
+            }
+        }
+    }
     let mut attempt = 0;
     let (status, state) = loop {
         attempt += 1;
@@ -79,19 +128,16 @@ pub fn run_stage(job: StageJob) -> Message {
             job.fingerprint,
             job.why.join("; ")
         ));
-        let out = if node.kind.resumable() {
-            relay_dir
-                .join("partial")
-                .join(format!("{}.{short}", node.name))
-        } else {
-            relay_dir.join("tmp").join(format!(
-                "{}.{short}.{}.{attempt}",
-                node.name,
-                std::process::id()
-            ))
-        };
-        let result = commit::prepare_out(&relay_dir, &node.name, &out, node.kind.resumable())
-            .and_then(|()| {
+        let resumable = node.kind.resumable();
+        let out = commit::out_dir(workdir, &node.name, &job.fingerprint, resumable, attempt);
+        let result = commit::prepare_out(workdir, &node.name, &out, resumable, node.keep_partials)
+            .and_then(|said| {
+                for line in said {
+                    progress.log(line);
+                }
+                if let Some(a) = &job.launch {
+                    a.announce(Verdict::Run);
+                }
                 let cx = StageContext {
                     name: node.name.clone(),
                     kind: node.kind.name().to_string(),
@@ -107,6 +153,7 @@ pub fn run_stage(job: StageJob) -> Message {
                         .map(|n| n.get())
                         .unwrap_or(1),
                     shard: job.shard,
+                    world: job.world,
                     cancel: job.cancel.clone(),
                     progress: progress.clone(),
                     log: log.clone(),
@@ -158,7 +205,7 @@ pub fn run_stage(job: StageJob) -> Message {
             Err(e) if e.downcast_ref::<Cancelled>().is_some() || job.cancel.is_cancelled() => {
                 rec.status = "cancelled".into();
                 let _ = record::append(workdir, &rec);
-                if !node.kind.resumable() {
+                if !resumable {
                     let _ = std::fs::remove_dir_all(&out);
                 }
                 break (Status::Cancelled, None);
@@ -169,7 +216,7 @@ pub fn run_stage(job: StageJob) -> Message {
                 rec.status = "failed".into();
                 rec.error = Some(msg.clone());
                 let _ = record::append(workdir, &rec);
-                if !node.kind.resumable() {
+                if !resumable {
                     let _ = std::fs::remove_dir_all(&out);
                 }
                 if attempt <= node.retries {
@@ -184,11 +231,5 @@ pub fn run_stage(job: StageJob) -> Message {
             }
         }
     };
-    reporter.finish();
-    Message {
-        node: job.node,
-        status,
-        seconds: t0.elapsed().as_secs_f64(),
-        state,
-    }
+    finish(status, state)
 }

@@ -21,7 +21,9 @@
 pub mod commit;
 pub mod follow;
 pub mod fresh;
+pub mod gc;
 pub mod job;
+pub mod launch;
 pub mod lockfile;
 pub mod progress;
 pub mod queue;
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::base::cancel::Cancel;
 use crate::base::record::{FingerprintInputs, InputRef};
+use crate::base::world::World;
 use crate::device::DeviceSpec;
 use crate::plan::graph::Graph;
 use crate::plan::Plan;
@@ -69,6 +72,10 @@ pub struct RunOptions {
     pub shard: Option<ShardSel>,
     /// Where to pin results (default: `relay.lock` beside the pipeline file).
     pub lockfile: Option<PathBuf>,
+    /// Its place among data-parallel ranks: only `relay exec` under a launcher sets it.
+    pub world: World,
+    /// Rank 0 of a data-parallel launch: tells the other ranks when the stage starts.
+    pub launch: Option<Arc<launch::Announcer>>,
 }
 
 /// A stage's fingerprint inputs, its fingerprint, why it must run (empty: fresh) and its
@@ -223,6 +230,9 @@ impl Executor {
         let what = self.fingerprint_inputs(i, runs)?;
         let fingerprint = what.fingerprint();
         let name = &self.plan.nodes[i].name;
+        if !self.opts.dry_run {
+            self.recover(name);
+        }
         let state = fresh::read_state(self.workdir(), name);
         let mut why = match &state {
             None => vec!["it has never run".to_string()],
@@ -241,6 +251,25 @@ impl Executor {
             why,
             state,
         })
+    }
+
+    /// Finish a commit a dead process left half done, unless another process holds the
+    /// stage (then it is that process's business).
+    fn recover(&self, name: &str) {
+        let Ok(_lock) =
+            commit::lock_stage(self.workdir(), name, crate::base::lock::Mode::Exclusive)
+        else {
+            return;
+        };
+        match commit::recover(self.workdir(), name) {
+            Ok(commit::Recovered::Adopted) => self.ui.println(&format!(
+                "[{name}] adopted its output, whose commit a stopped run had not finished"
+            )),
+            Ok(_) => {}
+            Err(e) => self.ui.println(&format!(
+                "warning: [{name}] finishing an interrupted commit failed: {e:#}"
+            )),
+        }
     }
 
     /// Decide on a stage whose inputs have all finished (see the module doc, step 2).
@@ -315,11 +344,6 @@ impl Executor {
     pub async fn run(&self) -> anyhow::Result<RunReport> {
         let plan = &self.plan;
         let workdir = self.workdir().to_path_buf();
-        let _lock = if self.opts.dry_run || self.opts.shard.is_some() {
-            None
-        } else {
-            Some(commit::WorkdirLock::acquire(&workdir)?)
-        };
         let mut runs: Vec<NodeRun> = plan.nodes.iter().map(|_| NodeRun::new()).collect();
         let devices = usize::from(self.opts.device.is_accelerator());
         let mut queue = Queue::new(plan.deps(), plan.order.clone(), self.opts.jobs, devices);
@@ -383,6 +407,9 @@ impl Executor {
                     cancel: self.cancel.clone(),
                     ui: self.ui.clone(),
                     why: eval.why,
+                    forced: self.forced[i],
+                    world: self.opts.world,
+                    launch: self.opts.launch.clone(),
                     lease,
                 };
                 let tx = tx.clone();
@@ -467,7 +494,12 @@ impl Executor {
             .lockfile
             .clone()
             .unwrap_or_else(|| lockfile::lock_path(&plan.spec.file));
-        if let Err(e) = lockfile::write_lock(&path, &plan.spec.name, &good) {
+        let order: Vec<String> = plan
+            .order
+            .iter()
+            .map(|&i| plan.nodes[i].name.clone())
+            .collect();
+        if let Err(e) = lockfile::write_lock(&path, &plan.spec.name, &good, &order) {
             self.ui
                 .println(&format!("warning: could not write relay.lock: {e}"));
         }

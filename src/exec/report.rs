@@ -17,6 +17,8 @@ pub enum Status {
     /// Ran part of its work (`--shard`); output kept private.
     Partial,
     Failed(String),
+    /// Another process holds the stage's lock (it is running it).
+    Busy(String),
     Cancelled,
     /// Not run because something it needs did not succeed, or the run was stopping.
     Skipped(String),
@@ -40,6 +42,7 @@ impl Status {
             Status::WouldRun(_) => "run",
             Status::Partial => "partial",
             Status::Failed(_) => "FAILED",
+            Status::Busy(_) => "busy",
             Status::Cancelled => "cancelled",
             Status::Skipped(_) => "skipped",
             Status::Unselected => "not selected",
@@ -71,5 +74,12 @@ impl RunReport {
         self.stages
             .iter()
             .any(|s| matches!(s.status, Status::Failed(_)))
+    }
+
+    /// Whether a stage could not run because another process is running it.
+    pub fn busy(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| matches!(s.status, Status::Busy(_)))
     }
 }

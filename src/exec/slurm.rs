@@ -117,7 +117,36 @@ pub fn max_array_size() -> usize {
 }
 
 fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    crate::stage::command::shell_quote(s)
+}
+
+/// A value written into a batch script that the user (or the file system) chose.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {value:?} cannot go into a Slurm batch script: it holds a newline, a quote or a backslash; {hint}")]
+pub struct UnsafeValue {
+    pub what: String,
+    pub value: String,
+    pub hint: &'static str,
+}
+
+/// A path for an `#SBATCH` line: double-quoted (sbatch splits at spaces otherwise), and
+/// refused if it holds what would end the line or the quotes.
+fn sbatch_path(what: &str, p: &Path, pattern: bool) -> Result<String, UnsafeValue> {
+    let s = p.to_string_lossy();
+    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err(UnsafeValue {
+            what: what.to_string(),
+            value: s.into_owned(),
+            hint: "use a workdir (and a folder to submit from) whose path has none",
+        });
+    }
+    // In `--output`, `%` starts a Slurm filename pattern: a literal one is `%%`.
+    let s = if pattern {
+        s.replace('%', "%%")
+    } else {
+        s.into_owned()
+    };
+    Ok(format!("\"{s}\""))
 }
 
 /// The `#SBATCH` lines for a stage's resources.
@@ -217,6 +246,8 @@ impl SlurmPlan {
             let dir = slurm_dir(workdir).join(&node.name);
             let job_name = format!("relay-{}-{}", plan.spec.name, node.name);
             let r = &node.resources;
+            let log_dir = sbatch_path("the Slurm log folder", &dir, true)?;
+            let chdir = sbatch_path("the folder relay was started in", &inv.cwd, false)?;
             let header = |r: &ResourcesWire, log: &str, array: Option<&str>| {
                 let mut t = String::from("#!/bin/bash\n");
                 t += &format!(
@@ -225,11 +256,13 @@ impl SlurmPlan {
                     plan.spec.name,
                     node.kind.name()
                 );
-                for l in sbatch_lines(r, &job_name, &dir.join(log).to_string_lossy(), array) {
+                // `log` is a Slurm pattern (`%x-%j.out`) inside the quoted folder.
+                let log = format!("{}/{log}\"", log_dir.trim_end_matches('"'));
+                for l in sbatch_lines(r, &job_name, &log, array) {
                     t += &l;
                     t.push('\n');
                 }
-                t += &format!("#SBATCH --chdir={}\n", inv.cwd.display());
+                t += &format!("#SBATCH --chdir={chdir}\n");
                 t += "set -euo pipefail\n";
                 t
             };

@@ -6,7 +6,7 @@
 //!
 //! 1. describe the table once ([`data_schema`], [`rejects_schema`], [`pairs_schema`],
 //!    [`index_schema`], or any [`Schema`] built from [`col`]),
-//! 2. open a [`TableWriter`] (it writes `NAME.tmp` and renames on [`TableWriter::finish`],
+//! 2. open a [`TableWriter`] (it writes a temporary file and renames on [`TableWriter::finish`],
 //!    so a file under the final name is always complete),
 //! 3. [`TableWriter::push`] rows, and
 //! 4. read them back with [`read_rows`] (small tables, tests) or [`RowReader`] (streaming).
@@ -186,7 +186,7 @@ fn writer_props() -> WriterProperties {
         .build()
 }
 
-/// Writes rows to `path` through `path.tmp`; the file appears under its name only once
+/// Writes rows to `path` through a temporary file of its own; the file appears under its name only once
 /// [`finish`](TableWriter::finish) succeeded.
 pub struct TableWriter {
     path: PathBuf,
@@ -311,10 +311,9 @@ impl Drop for TableWriter {
     }
 }
 
+/// A temporary name of this writer's own (two writers of one file never share it).
 fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    crate::util::temp_path(path)
 }
 
 type BatchResult = Result<RecordBatch, arrow::error::ArrowError>;
@@ -549,7 +548,13 @@ mod tests {
         let a = write("a.parquet");
         let b = write("b.parquet");
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        assert!(!dir.path().join("a.parquet.tmp").exists());
+        assert!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .all(|e| !crate::util::is_temp_name(&e.file_name().to_string_lossy())),
+            "a temporary file of a.parquet is left"
+        );
 
         let (cols, rows) = read_rows(&a).unwrap();
         assert_eq!(
@@ -572,7 +577,13 @@ mod tests {
         let e = w.finish().unwrap_err();
         assert!(e.to_string().contains("`reason`"), "{e}");
         assert!(!path.exists());
-        assert!(!dir.path().join("r.parquet.tmp").exists());
+        assert!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .all(|e| !crate::util::is_temp_name(&e.file_name().to_string_lossy())),
+            "a temporary file of r.parquet is left"
+        );
     }
 
     #[test]

@@ -6,6 +6,31 @@ use serde_yaml::Value;
 
 use crate::spec::{scalar_string, set_path, StageSpec};
 
+/// Instance names become folder names (`workdir/<name>/`, state and lock files): one safe
+/// path component — letters, digits and `_ - . @ = , +`, not starting with `.` or `-`, at
+/// most 200 characters — so that no matrix value or `name:` template can reach outside the
+/// workdir (`../x`) or into `.relay/`.
+pub fn check_instance_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_-.@=,+".contains(c);
+    let problem = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.len() > 200 {
+        Some("is longer than 200 characters".into())
+    } else if name.starts_with('.') || name.starts_with('-') {
+        Some("starts with `.` or `-`".into())
+    } else {
+        name.chars()
+            .find(|&c| !ok_char(c))
+            .map(|c| format!("contains {c:?}"))
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "instance name `{name}` {p}: names become folders in the workdir; use letters, digits and `_ - . @ = , +` (give the stage a `name:` template, e.g. `name: sweep-{{KEY}}`, when the matrix values hold other characters)"
+        )),
+    }
+}
+
 /// The instances of a stage as (name, parameters); a stage without a matrix is one instance.
 pub fn expand(st: &StageSpec) -> Result<Vec<(String, Value)>, String> {
     let Some(matrix) = &st.matrix else {
@@ -56,6 +81,7 @@ pub fn expand(st: &StageSpec) -> Result<Vec<(String, Value)>, String> {
             }
             None => format!("{}@{}", st.name, parts.join(",")),
         };
+        check_instance_name(&name)?;
         out.push((name, params));
     }
     Ok(out)
@@ -83,6 +109,7 @@ mod tests {
             matrix: Some(m),
             name_template: name_template.map(str::to_string),
             retries: 0,
+            keep_partials: 1,
             description: None,
             resources: Default::default(),
         }

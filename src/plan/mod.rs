@@ -32,6 +32,8 @@ pub struct Node {
     /// Indices of the nodes it needs, in `needs:` order.
     pub needs: Vec<usize>,
     pub retries: u32,
+    /// Interrupted runs of other fingerprints kept (resumable kinds).
+    pub keep_partials: usize,
     pub description: Option<String>,
     /// Cluster resources (Slurm executor).
     pub resources: crate::spec::wire::ResourcesWire,
@@ -118,6 +120,7 @@ impl Plan {
                     params,
                     needs: Vec::new(),
                     retries: st.retries,
+                    keep_partials: st.keep_partials,
                     description: st.description.clone(),
                     resources: st.resources.clone(),
                 });

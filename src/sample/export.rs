@@ -101,7 +101,7 @@ pub fn export_npz(samples: &Path, out: &Path) -> anyhow::Result<usize> {
     let first =
         crate::data::image::decode_rgb(&reader.png(&rows[0].shard, &rows[0].key)?, &rows[0].key)?;
     let (w, h) = first.dimensions();
-    let tmp = out.with_extension("npz.tmp");
+    let tmp = crate::util::temp_path(out);
     let file = BufWriter::with_capacity(
         1 << 20,
         File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,

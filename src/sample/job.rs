@@ -171,6 +171,7 @@ pub fn run_shard(
         on_images(chunk.len());
     }
     tar.finish()?;
+    crate::base::crash::point("shard:tar-committed");
     part.finish()?;
     let total = started.elapsed().as_secs_f64();
     Ok(ShardTiming {

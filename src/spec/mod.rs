@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde_yaml::Value;
 
+use wire::ResourcesWire;
+
 pub use error::{SpecError, SpecErrors};
 
 /// A parsed pipeline, templates resolved, variables and overrides applied.
@@ -57,6 +59,8 @@ pub struct StageSpec {
     pub description: Option<String>,
     /// Cluster resources: the stage's over the pipeline's defaults.
     pub resources: wire::ResourcesWire,
+    /// How many interrupted runs of other fingerprints a resumable stage keeps.
+    pub keep_partials: usize,
 }
 
 /// `-s stage.key=value` from the command line.
@@ -166,6 +170,14 @@ pub fn load_with_vars(
         }
         err
     })?;
+    if !valid_name(&wire.name) {
+        return Err(
+            SpecError::new(&file, format!("invalid pipeline name `{}`", wire.name))
+                .at(locate::locate(&source, &["name"]))
+                .hint("use letters, digits, `_` and `-` only (it names folders and Slurm jobs)")
+                .into(),
+        );
+    }
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let project_root = find_project_root(&dir);
     let workdir = match &wire.workdir {
@@ -197,7 +209,16 @@ pub fn load_with_vars(
         }
         vars.insert(v.name.clone(), v.value.clone());
     }
-    let default_resources = wire.resources.clone().unwrap_or_default();
+    let default_resources = match &wire.resources {
+        None => ResourcesWire::default(),
+        Some(v) => parse_resources(
+            interpolate(v.clone(), &vars),
+            &file,
+            &source,
+            &["resources"],
+            None,
+        )?,
+    };
     if let Some(e) = wire
         .executor
         .as_deref()
@@ -299,11 +320,18 @@ pub fn load_with_vars(
                 name_template: st.name.clone(),
                 retries: st.retries,
                 description: st.description.clone(),
-                resources: st
-                    .resources
-                    .clone()
-                    .unwrap_or_default()
-                    .over(&default_resources),
+                resources: match &st.resources {
+                    None => ResourcesWire::default(),
+                    Some(v) => parse_resources(
+                        interpolate(v.clone(), &vars),
+                        &file,
+                        &source,
+                        &["stages", name.as_str(), "resources"],
+                        Some(&name),
+                    )?,
+                }
+                .over(&default_resources),
+                keep_partials: st.keep_partials.unwrap_or(1),
             })
         })();
         match resolved {
@@ -422,14 +450,53 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// Deep merge: mappings merge key by key (recursively); anything else in `over` replaces `base`.
+/// A `resources:` mapping after `${var}` interpolation, checked: typed fields and values
+/// that are safe to write into a batch script (see [`wire::ResourcesWire::check`]).
+fn parse_resources(
+    v: Result<Value, (String, String)>,
+    file: &Path,
+    source: &str,
+    at: &[&str],
+    stage: Option<&str>,
+) -> Result<ResourcesWire, SpecError> {
+    let err = |msg: String, keys: &[&str]| {
+        let path: Vec<&str> = at.iter().chain(keys).copied().collect();
+        let e = SpecError::new(file, msg).at(locate::locate(source, &path));
+        match stage {
+            Some(s) => e.stage(s),
+            None => e,
+        }
+    };
+    let v = v.map_err(|(_, msg)| err(msg, &[]))?;
+    let r: ResourcesWire = serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        let keys: Vec<&str> = if key == "." {
+            vec![]
+        } else {
+            key.split('.').collect()
+        };
+        err(format!("`resources`: {}", e.into_inner()), &keys)
+    })?;
+    r.check().map_err(|(key, msg)| {
+        err(msg, &[key]).hint(
+            "Slurm values may hold letters, digits and `_ - . : , = + @ / % & | [ ] * !` only",
+        )
+    })?;
+    Ok(r)
+}
+
+/// Deep merge: mappings merge key by key (recursively); anything else in `over` replaces
+/// `base`. A key written with an explicit `null` replaces the base's value with null (the
+/// documented "null: off", e.g. `grad_clip: null` over a template's clipping); an absent
+/// `over` (null at the top) keeps `base`.
 pub fn merge(base: Value, over: Value) -> Value {
     match (base, over) {
         (Value::Mapping(mut b), Value::Mapping(o)) => {
             for (k, v) in o {
-                let merged = match b.remove(&k) {
-                    Some(bv) => merge(bv, v),
-                    None => v,
+                let merged = match (b.remove(&k), v) {
+                    (_, Value::Null) => Value::Null,
+                    (Some(bv), v) => merge(bv, v),
+                    (None, v) => v,
                 };
                 b.insert(k, merged);
             }
@@ -455,19 +522,7 @@ pub fn set_path(root: &mut Value, key: &[String], value: Value) {
     }
 }
 
-/// A scalar as text (for names and string interpolation).
-pub fn scalar_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .replace('\n', " "),
-    }
-}
+pub use crate::util::scalar_string;
 
 /// Replace `${var}` in every string. A string that is exactly `${var}` takes the var's
 /// typed value; `$${` stands for a literal `${`. Errors give (var name, message).
@@ -555,6 +610,12 @@ mod tests {
         let b: Value = serde_yaml::from_str("{b: {c: 5}, e: 6}").unwrap();
         let m: Value = serde_yaml::from_str("{a: 1, b: {c: 5, d: 3}, e: 6}").unwrap();
         assert_eq!(merge(a, b), m);
+        // An explicit null switches a template's value off; a missing `with:` keeps all.
+        let t: Value = serde_yaml::from_str("{grad_clip: 1.0, lr: 2}").unwrap();
+        let p: Value = serde_yaml::from_str("{grad_clip: null}").unwrap();
+        let m: Value = serde_yaml::from_str("{grad_clip: null, lr: 2}").unwrap();
+        assert_eq!(merge(t.clone(), p), m);
+        assert_eq!(merge(t.clone(), Value::Null), t);
     }
 
     #[test]

@@ -26,9 +26,10 @@ pub struct PipelineWire {
     /// `local` (default) or `slurm`: where stages run (`--executor` overrides it).
     #[serde(default)]
     pub executor: Option<String>,
-    /// Cluster resources every stage gets unless it says otherwise.
+    /// Cluster resources every stage gets unless it says otherwise ([`ResourcesWire`], read
+    /// after `${var}` interpolation).
     #[serde(default)]
-    pub resources: Option<ResourcesWire>,
+    pub resources: Option<serde_yaml::Value>,
     /// The stages, in the order written.
     pub stages: UniqueMap<StageWire>,
 }
@@ -51,9 +52,14 @@ pub struct StageWire {
     /// Instance name template for a matrix stage, e.g. `relay-{block_scale}`.
     #[serde(default)]
     pub name: Option<String>,
-    /// Cluster resources of this stage (over the pipeline's `resources:`).
+    /// Cluster resources of this stage (over the pipeline's `resources:`), read after
+    /// `${var}` interpolation.
     #[serde(default)]
-    pub resources: Option<ResourcesWire>,
+    pub resources: Option<serde_yaml::Value>,
+    /// How many interrupted runs of other fingerprints a resumable stage keeps (default 1);
+    /// `relay gc` removes them.
+    #[serde(default)]
+    pub keep_partials: Option<usize>,
     /// Retry a failed run this many times (flaky external commands).
     #[serde(default)]
     pub retries: u32,
@@ -85,6 +91,31 @@ pub struct ResourcesWire {
 }
 
 impl ResourcesWire {
+    /// Refuse values that could not be written safely into an `#SBATCH` line: each text
+    /// field may hold only characters Slurm's own syntax uses (no spaces, quotes, `$`,
+    /// backquotes or newlines). Returns the offending key and a message.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let safe = |c: char| c.is_ascii_alphanumeric() || "_-.:,=+@/%&|[]*!".contains(c);
+        for (key, v) in [
+            ("mem", &self.mem),
+            ("time", &self.time),
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("constraint", &self.constraint),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || !v.chars().all(safe) {
+                    return Err((
+                        key,
+                        format!("resources `{key}`: {v:?} is not a valid Slurm value"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `self`'s fields where set, else `base`'s.
     pub fn over(&self, base: &ResourcesWire) -> ResourcesWire {
         ResourcesWire {

@@ -141,7 +141,11 @@ impl StageKind for Command {
     }
     fn run(&self, cx: &StageContext) -> anyhow::Result<Outcome> {
         let p: CommandParams = parse_params(&cx.params)?;
-        let mut cmd_text = p.run.replace("{out}", &cx.out.to_string_lossy());
+        // Paths enter the shell text quoted, so a workdir with spaces, `$` or quotes can
+        // neither break the command nor inject one ($RELAY_OUT holds {out} too).
+        let mut cmd_text = p
+            .run
+            .replace("{out}", &shell_quote(&cx.out.to_string_lossy()));
         for name in placeholders(&p.run) {
             if name == "out" {
                 continue;
@@ -156,7 +160,10 @@ impl StageKind for Command {
                         .find(|i| i.name.split('@').next() == Some(name))
                 })
                 .with_context(|| format!("`{{{name}}}` is not a stage this one needs"))?;
-            cmd_text = cmd_text.replace(&format!("{{{name}}}"), &input.dir.to_string_lossy());
+            cmd_text = cmd_text.replace(
+                &format!("{{{name}}}"),
+                &shell_quote(&input.dir.to_string_lossy()),
+            );
         }
         let start_offset = std::fs::metadata(cx.log.path())
             .map(|m| m.len())
@@ -173,7 +180,7 @@ impl StageKind for Command {
             .envs(
                 p.env
                     .iter()
-                    .map(|(k, v)| (k, crate::spec::scalar_string(v))),
+                    .map(|(k, v)| (k, crate::util::scalar_string(v))),
             )
             .env("RELAY_OUT", &cx.out)
             .env("PATH", path_with_relay())
@@ -265,6 +272,11 @@ pub fn log_tail(path: &Path, offset: u64, n: usize) -> String {
     }
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `s` as one POSIX shell word: single-quoted, with `'` written as `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

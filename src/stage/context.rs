@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::Params;
 pub use crate::base::cancel::{Cancel, Cancelled};
+use crate::base::lock::{self, FileLock, TryLock};
+use crate::base::world::World;
 use crate::device::DeviceSpec;
 
 /// An upstream stage's published output.
@@ -167,6 +169,9 @@ pub struct StageContext {
     pub threads: usize,
     /// `relay exec --shard I/N`.
     pub shard: Option<ShardSel>,
+    /// Its place among data-parallel ranks: set by `relay exec` under a launcher (torchrun,
+    /// srun); one process otherwise. Kinds never read the launcher's variables themselves.
+    pub world: World,
     pub cancel: Cancel,
     pub progress: Progress,
     pub log: LogFile,
@@ -189,6 +194,7 @@ impl StageContext {
             device: DeviceSpec::Cpu,
             threads: 1,
             shard: None,
+            world: World::default(),
             cancel: Cancel::new(),
             progress: Progress::silent(),
             log: LogFile::none(),
@@ -214,6 +220,27 @@ impl StageContext {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+        }
+    }
+
+    /// Hold shard `index` of this stage while writing it: no other process writes the same
+    /// shard meanwhile (two workers given the same shards, a requeued task beside its
+    /// ghost). Waits while another process holds it — it is alive, or its lock would be
+    /// free — so the caller must check afterwards whether that process finished the shard.
+    pub fn lock_shard(&self, index: usize) -> anyhow::Result<FileLock> {
+        let path = self
+            .workdir
+            .join(".relay")
+            .join("locks")
+            .join(format!("{}.shard-{index}.lock", self.name));
+        match lock::try_lock(&path)? {
+            TryLock::Acquired(l) => Ok(l),
+            TryLock::Held => {
+                self.progress.log(format!(
+                    "shard {index} is being written by another process; waiting for it"
+                ));
+                Ok(lock::lock_blocking(&path)?)
+            }
         }
     }
 

@@ -231,6 +231,12 @@ impl StageKind for Sample {
         };
         let mut timing = crate::sample::job::ShardTiming::default();
         for plan in todo {
+            // Another process may hold this shard: wait, then skip it if it finished it.
+            let _shard = cx.lock_shard(plan.index)?;
+            if shard_done(&cx.out, plan) {
+                cx.progress.inc(plan.seeds.len() as u64);
+                continue;
+            }
             cx.progress.message(format!("shard {}", plan.index));
             timing += run_shard(
                 &chain,

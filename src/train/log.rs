@@ -1,12 +1,11 @@
 //! The training log: one row per tick (mean loss, the loss per noise-level bucket, images/s,
 //! learning rate), kept in the training state so a resumed run continues the same curve, and
-//! written as `train_log.parquet` and `loss.png` (drawn here into an RGB buffer: no plotting
-//! dependency).
+//! written as `train_log.parquet` and `loss.png` (drawn with `plotters` into an RGB buffer).
 
 use std::path::Path;
 
 use arrow::datatypes::DataType;
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{col, Cell, TableWriter};
@@ -181,12 +180,6 @@ pub fn write_parquet(rows: &[LogRow], path: &Path) -> anyhow::Result<()> {
 
 const W: u32 = 720;
 const H: u32 = 420;
-const LEFT: u32 = 56;
-const RIGHT: u32 = 16;
-const TOP: u32 = 16;
-const BOTTOM: u32 = 36;
-
-/// Bucket colours, low σ (blue) to high σ (red).
 const COLOURS: [[u8; 3]; BUCKETS] = [
     [40, 90, 220],
     [40, 170, 220],
@@ -196,161 +189,113 @@ const COLOURS: [[u8; 3]; BUCKETS] = [
     [200, 40, 40],
 ];
 
-/// 3×5 glyphs for axis labels: digits, '.', '-', 'e', 'k'.
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
-        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
-        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
-        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
-        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
-        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
-        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
-        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
-        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
-        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
-        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
-        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
-        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
-        'k' => [0b100, 0b101, 0b110, 0b101, 0b101],
-        _ => return None,
-    })
+/// The font of the axis labels: DejaVu Sans Mono, bundled (`assets/fonts/`, Bitstream Vera
+/// licence), so that the plot looks the same on every machine.
+const FONT: &str = "relay-mono";
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let bytes = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+        // A font that does not parse would leave the labels out, not fail the run.
+        let _ = plotters::style::register_font(FONT, plotters::style::FontStyle::Normal, bytes);
+    });
 }
 
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64) {
-    for (i, c) in s.chars().enumerate() {
-        let Some(g) = glyph(c) else { continue };
-        for (row, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (0b100 >> col) != 0 {
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            put(
-                                img,
-                                x + (i as i64 * 4 + col) * scale + dx,
-                                y + row as i64 * scale + dy,
-                                [60, 60, 60],
-                            );
-                        }
-                    }
-                }
+/// The legend label of σ bucket `b` (`σ 0.1–0.5`).
+fn bucket_label(b: usize) -> String {
+    let lo = if b == 0 { 0.0 } else { SIGMA_EDGES[b - 1] };
+    match SIGMA_EDGES.get(b) {
+        Some(hi) => format!("σ {lo}–{hi}"),
+        None => format!("σ ≥ {lo}"),
+    }
+}
+
+/// Draw the loss curves of `rows` (log-scale loss over thousands of images): the mean loss
+/// in black, the loss per σ bucket in colour, with axes, labels and a legend.
+pub fn plot(rows: &[LogRow]) -> anyhow::Result<RgbImage> {
+    use plotters::prelude::*;
+    register_font();
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    let positive: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.loss).chain(r.loss_buckets.iter().flatten().copied()))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing loss.png: {e}");
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        if !rows.is_empty() && !positive.is_empty() {
+            let lo = positive.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = positive.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = (
+                10f64.powf(lo.log10().floor()),
+                10f64.powf(hi.log10().ceil().max(lo.log10().floor() + 1.0)),
+            );
+            let kmax = rows.last().map_or(1.0, |r| r.kimg).max(1e-9);
+            let mut chart = ChartBuilder::on(&root)
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0f64..kmax, (lo..hi).log_scale())
+                .map_err(|e| fail(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc("thousands of training images (kimg)")
+                .y_desc("loss")
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 13))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(|e| fail(&e))?;
+            for (b, c) in COLOURS.iter().enumerate() {
+                let colour = RGBColor(c[0], c[1], c[2]);
+                chart
+                    .draw_series(segments(rows, |r| r.loss_buckets[b], colour))
+                    .map_err(|e| fail(&e))?
+                    .label(bucket_label(b))
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
             }
+            chart
+                .draw_series(segments(rows, |r| Some(r.loss), BLACK))
+                .map_err(|e| fail(&e))?
+                .label("mean")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 12))
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(200, 200, 200))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|e| fail(&e))?;
         }
+        root.present().map_err(|e| fail(&e))?;
     }
+    RgbImage::from_raw(W, H, buf).ok_or_else(|| anyhow::anyhow!("loss.png buffer size"))
 }
 
-fn put(img: &mut RgbImage, x: i64, y: i64, c: [u8; 3]) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, Rgb(c));
-    }
-}
-
-/// Bresenham, two pixels thick.
-fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
-    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-    loop {
-        put(img, x, y, c);
-        put(img, x, y + 1, c);
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
+/// One curve as line segments, two pixels wide, broken where a value is missing.
+fn segments(
+    rows: &[LogRow],
+    value: impl Fn(&LogRow) -> Option<f64>,
+    colour: plotters::style::RGBColor,
+) -> Vec<plotters::element::PathElement<(f64, f64)>> {
+    use plotters::style::Color;
+    let mut out = Vec::new();
+    let mut run: Vec<(f64, f64)> = Vec::new();
+    for r in rows {
+        match value(r).filter(|v| v.is_finite() && *v > 0.0) {
+            Some(v) => run.push((r.kimg, v)),
+            None => out.push(std::mem::take(&mut run)),
         }
     }
-}
-
-fn short(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let a = v.abs();
-    if (0.01..10000.0).contains(&a) {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        format!("{v:.0e}")
-    }
-}
-
-/// Draw the loss curves of `rows`.
-pub fn plot(rows: &[LogRow]) -> RgbImage {
-    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
-    let (x0, x1) = (LEFT as i64, (W - RIGHT) as i64);
-    let (y0, y1) = (TOP as i64, (H - BOTTOM) as i64);
-    // Frame.
-    for (a, b) in [
-        ((x0, y0), (x1, y0)),
-        ((x1, y0), (x1, y1)),
-        ((x1, y1), (x0, y1)),
-        ((x0, y1), (x0, y0)),
-    ] {
-        line(&mut img, a, b, [180, 180, 180]);
-    }
-    let values = rows
-        .iter()
-        .flat_map(|r| std::iter::once(r.loss).chain(r.loss_buckets.iter().flatten().copied()));
-    let positive: Vec<f64> = values.filter(|v| v.is_finite() && *v > 0.0).collect();
-    if rows.is_empty() || positive.is_empty() {
-        return img;
-    }
-    let lo = positive
-        .iter()
-        .cloned()
-        .fold(f64::INFINITY, f64::min)
-        .log10()
-        .floor();
-    let hi = positive
-        .iter()
-        .cloned()
-        .fold(f64::NEG_INFINITY, f64::max)
-        .log10()
-        .ceil()
-        .max(lo + 1.0);
-    let kmax = rows.last().map_or(1.0, |r| r.kimg).max(1e-9);
-    let px = |k: f64| x0 + ((k / kmax) * (x1 - x0) as f64).round() as i64;
-    let py = |v: f64| y1 - (((v.log10() - lo) / (hi - lo)) * (y1 - y0) as f64).round() as i64;
-    // Decade grid lines and labels on y, five labels on x.
-    let mut d = lo;
-    while d <= hi {
-        let y = py(10f64.powf(d));
-        for x in (x0..x1).step_by(4) {
-            put(&mut img, x, y, [225, 225, 225]);
-        }
-        text(&mut img, 4, y - 5, &short(10f64.powf(d)), 2);
-        d += 1.0;
-    }
-    for i in 0..=4 {
-        let k = kmax * i as f64 / 4.0;
-        let label = format!("{}k", short(k));
-        text(&mut img, px(k) - 8, y1 + 8, &label, 2);
-    }
-    let series = |f: &dyn Fn(&LogRow) -> Option<f64>, c: [u8; 3], img: &mut RgbImage| {
-        let mut prev: Option<(i64, i64)> = None;
-        for r in rows {
-            match f(r).filter(|v| v.is_finite() && *v > 0.0) {
-                Some(v) => {
-                    let p = (px(r.kimg), py(v));
-                    line(img, prev.unwrap_or(p), p, c);
-                    prev = Some(p);
-                }
-                None => prev = None,
-            }
-        }
-    };
-    for (b, c) in COLOURS.iter().enumerate() {
-        series(&|r: &LogRow| r.loss_buckets[b], *c, &mut img);
-    }
-    series(&|r: &LogRow| Some(r.loss), [0, 0, 0], &mut img);
-    img
+    out.push(run);
+    out.into_iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| plotters::element::PathElement::new(r, colour.stroke_width(2)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -386,7 +331,7 @@ mod tests {
                 wall_seconds: i as f64,
             })
             .collect();
-        let img = plot(&rows);
+        let img = plot(&rows).unwrap();
         let black = img.pixels().filter(|p| p.0 == [0, 0, 0]).count();
         assert!(black > 100, "{black}");
     }

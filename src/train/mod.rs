@@ -17,8 +17,8 @@
 //! uninterrupted one, also with dropout: its masks are drawn from keys too
 //! ([`crate::model::dropout`]).
 //!
-//! Data parallel ([`parallel`]): one process per GPU, rank and world size from the
-//! environment ([`World::from_env`]: torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK` or Slurm's
+//! Data parallel ([`parallel`]): one process per GPU, rank and world size from the launcher
+//! (`relay exec` reads [`World::from_env`]: torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK` or Slurm's
 //! `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID`). Each rank reads every `world`-th shard
 //! and runs `batch / world` images per step; gradients and loss sums are summed over the
 //! ranks with NCCL (`--features nccl`) after every step. Rank 0 resumes, logs and writes
@@ -67,46 +67,4 @@ pub struct TrainCancelled {
     pub snapshot: PathBuf,
 }
 
-/// This process's place among the data-parallel processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct World {
-    pub rank: usize,
-    pub size: usize,
-    pub local_rank: usize,
-}
-
-impl Default for World {
-    fn default() -> Self {
-        Self {
-            rank: 0,
-            size: 1,
-            local_rank: 0,
-        }
-    }
-}
-
-impl World {
-    /// `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (torchrun), else `SLURM_PROCID` / `SLURM_NTASKS` /
-    /// `SLURM_LOCALID`, else one process.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let get =
-            |k: &str| -> anyhow::Result<Option<usize>> {
-                match std::env::var(k) {
-                    Ok(v) => v.trim().parse().map(Some).map_err(|_| {
-                        anyhow::anyhow!("environment variable {k}={v:?} is not a number")
-                    }),
-                    Err(_) => Ok(None),
-                }
-            };
-        let pick = |a: &str, b: &str| -> anyhow::Result<Option<usize>> { Ok(get(a)?.or(get(b)?)) };
-        let w = Self {
-            rank: pick("RANK", "SLURM_PROCID")?.unwrap_or(0),
-            size: pick("WORLD_SIZE", "SLURM_NTASKS")?.unwrap_or(1).max(1),
-            local_rank: pick("LOCAL_RANK", "SLURM_LOCALID")?.unwrap_or(0),
-        };
-        if w.rank >= w.size {
-            anyhow::bail!("rank {} is not below the world size {}", w.rank, w.size);
-        }
-        Ok(w)
-    }
-}
+pub use crate::base::world::World;

@@ -246,22 +246,9 @@ pub fn rendezvous(
     }
 }
 
-/// Where rank 0 hands out the NCCL id: `MASTER_ADDR` (default 127.0.0.1) and
-/// `MASTER_PORT` + 1 (default 29500 + 1): torchrun's agent keeps its own store on
-/// `MASTER_PORT` itself.
+/// Where rank 0 hands out the NCCL id: `MASTER_ADDR`, `MASTER_PORT` + 1.
 pub fn master_from_env() -> anyhow::Result<(String, u16)> {
-    let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-    let port: u16 = match std::env::var("MASTER_PORT") {
-        Ok(p) => p
-            .trim()
-            .parse()
-            .with_context(|| format!("MASTER_PORT={p:?} is not a port number"))?,
-        Err(_) => 29500,
-    };
-    let port = port
-        .checked_add(1)
-        .context("MASTER_PORT is 65535; relay listens on MASTER_PORT + 1: pick a lower port")?;
-    Ok((addr, port))
+    crate::base::world::master_from_env(1)
 }
 
 #[cfg(feature = "nccl")]

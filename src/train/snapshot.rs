@@ -151,6 +151,7 @@ pub fn write(dir: &Path, snap: &Snapshot<'_>, keep: usize) -> anyhow::Result<Pat
     }
     io(std::fs::create_dir_all(&tmp), "create", &tmp)?;
     let result = write_files(&tmp, snap).and_then(|()| {
+        crate::base::crash::point("snapshot:before-rename");
         if fin.exists() {
             // A snapshot of the same step from an interrupted run: the same content.
             io(std::fs::remove_dir_all(&fin), "replace", &fin)?;
@@ -173,6 +174,7 @@ pub fn write(dir: &Path, snap: &Snapshot<'_>, keep: usize) -> anyhow::Result<Pat
             snap.state.step
         )));
     }
+    crate::base::crash::point("snapshot:after-rename");
     let all = list(dir)?;
     for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         io(std::fs::remove_dir_all(old), "remove old snapshot", old)?;

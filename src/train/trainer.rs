@@ -672,7 +672,7 @@ impl Run<'_> {
         write_parquet(&self.state.log, &self.out.join("train_log.parquet"))?;
         let png = self.out.join("loss.png");
         let tmp = self.out.join(".loss.png.tmp.png");
-        plot(&self.state.log)
+        plot(&self.state.log)?
             .save(&tmp)
             .with_context(|| format!("writing `{}`", tmp.display()))?;
         std::fs::rename(&tmp, &png).with_context(|| format!("writing `{}`", png.display()))?;

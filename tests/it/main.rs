@@ -6,6 +6,7 @@
 //! | `common` | helpers: a temp project, running the binary, reading records |
 //! | `spec`   | validation errors: positions, hints, cycles, exit code 2 |
 //! | `runner` | caching, plan explanations, concurrency, matrix, failures, kill -9 |
+//! | `many`   | many processes, one workdir: exec per stage, locks, crash points, ranks, injection (issue 15) |
 //! | `sample` | sampling jobs: shards, manifest, workers, resume, export |
 //! | `slurm`  | the Slurm executor on a real one-node Slurm: job arrays, merge, resubmission |
 //! | `hub`    | the `publish` stage and `hf://` checkpoints against a stand-in Hub (issue 7) |
@@ -17,6 +18,7 @@ mod common;
 mod data;
 mod hub;
 mod hub_server;
+mod many;
 mod pipelines;
 mod runner;
 mod sample;

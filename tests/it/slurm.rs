@@ -121,3 +121,86 @@ fn dry_run_prints_the_scripts_without_slurm() {
     );
     assert!(r.stdout.contains("samples (merge)"), "{}", r.stdout);
 }
+
+/// Issue 15: a pipeline with parallel branches through a real Slurm — data, two training
+/// stages that need only `pairs` (submitted together), sampling, and two stages after it —
+/// succeeds job by job, the two training jobs of one workdir run at the same time, and the
+/// samples are a local run's, byte for byte.
+#[test]
+fn parallel_branches_run_at_once_and_match_a_local_run() {
+    if !slurm_ready() {
+        return;
+    }
+    // Long enough (several seconds each) that running at once shows at the second
+    // resolution of Slurm's clock.
+    let pipeline = crate::many::CASCADE.replace("steps: 4", "steps: 64");
+    let local = Project::new();
+    local.write("p.yaml", &pipeline);
+    local.run(&["run", "p.yaml", "--device", "cpu"]).code(0);
+    let want = crate::many::cascade_result(&local);
+
+    let p = Project::new();
+    p.write("p.yaml", &pipeline);
+    let r = p.run(&[
+        "run",
+        "p.yaml",
+        "--executor",
+        "slurm",
+        "--device",
+        "cpu",
+        "--wait",
+    ]);
+    r.code(0);
+    let jobs: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("COMPLETED"))
+        .collect();
+    // images, shards, pairs, base, relay, samples (array + merge), hub, npz
+    assert!(jobs.len() >= 9, "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("FAILED") && !r.stdout.contains("CANCELLED"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(crate::many::cascade_result(&p), want);
+    // base and relay overlapped: each started (by Slurm's clock) before the other ended.
+    let jobs = relay::exec::slurm::JobsFile::load(&p.path().join("runs"));
+    let span = |stage: &str| {
+        let id = &jobs.stages[stage][0].id;
+        let out = std::process::Command::new("scontrol")
+            .args(["show", "job", "-o", id])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |k: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {text}"))
+                .to_string()
+        };
+        eprintln!(
+            "{stage}: job {id} {} .. {}",
+            field("StartTime"),
+            field("EndTime")
+        );
+        (field("StartTime"), field("EndTime"))
+    };
+    let ((bs, be), (rs, re)) = (span("base"), span("relay"));
+    assert!(
+        bs < re && rs < be,
+        "base {bs}..{be}, relay {rs}..{re}: not at the same time"
+    );
+    // And the records (written by the jobs themselves) say the same.
+    let rec = |s: &str| {
+        p.records()
+            .into_iter()
+            .find(|r| r["stage"] == s && r["status"] == "ok")
+            .unwrap()
+    };
+    let (b, l) = (rec("base"), rec("relay"));
+    assert!(
+        b["started"].as_str() <= l["ended"].as_str()
+            && l["started"].as_str() <= b["ended"].as_str()
+    );
+}

@@ -50,6 +50,8 @@ mod params;
 mod resolve;
 mod run;
 
+pub use run::check_world;
+
 use super::{
     parse_params, Outcome, ParamError, Params, PlanContext, Resources, StageContext, StageKind,
 };

@@ -74,7 +74,7 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
     let cfg = p
         .resolve(model, label_dim)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
-    let world = World::from_env()?;
+    let world = cx.world;
     let (device, device_name) = rank_device(cx, world)?;
     let group =
         collective(world, &device).map_err(|e| e.context(format!("stage `{}`", cx.name)))?;
@@ -114,20 +114,26 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Refuse a data-parallel launch this build or device cannot do, before anything waits
+/// for the other ranks: several ranks run one process per CUDA GPU.
+pub fn check_world(stage: &str, device: DeviceSpec, world: World) -> anyhow::Result<()> {
+    if world.size > 1 && !device.is_accelerator() {
+        bail!(
+            "stage `{stage}`: WORLD_SIZE={} asks for data-parallel training, which runs one process per \
+             CUDA GPU; on the CPU run one process (unset WORLD_SIZE / SLURM_NTASKS)",
+            world.size
+        );
+    }
+    Ok(())
+}
+
 /// The device of this rank: the stage's device for one process; `cuda:LOCAL_RANK` for
 /// several (one process per GPU).
 fn rank_device(cx: &StageContext, world: World) -> anyhow::Result<(candle_core::Device, String)> {
     if world.size == 1 {
         return Ok((cx.device.device()?, cx.device.describe()));
     }
-    if !cx.device.is_accelerator() {
-        bail!(
-            "stage `{}`: WORLD_SIZE={} asks for data-parallel training, which runs one process per \
-             CUDA GPU; on the CPU run one process (unset WORLD_SIZE / SLURM_NTASKS)",
-            cx.name,
-            world.size
-        );
-    }
+    check_world(&cx.name, cx.device, world)?;
     let spec = DeviceSpec::Cuda(world.local_rank);
     Ok((spec.device()?, spec.describe()))
 }
