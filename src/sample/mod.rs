@@ -8,5 +8,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod init;
 pub mod job;
+pub mod postprocess;
 pub mod seeds;
