@@ -10,5 +10,6 @@ pub mod chain;
 pub mod export;
 pub mod init;
 pub mod job;
+pub mod model_folder;
 pub mod postprocess;
 pub mod seeds;

@@ -6,6 +6,7 @@
 //! true`: fails) before any image is made.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -16,9 +17,10 @@ use super::{
 };
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
-use crate::sample::chain::{model_dirs, Chain, ChainStage, LabelMode, ModelCard};
+use crate::sample::chain::{Chain, ChainStage, LabelMode};
 use crate::sample::init::read_start_images;
 use crate::sample::job::{merge, plan_shards, run_shard, shard_done, RowContext, StartSet};
+use crate::sample::model_folder::ModelFolder;
 use crate::sample::postprocess::Postprocess;
 use crate::sample::seeds::Seeds;
 
@@ -181,7 +183,7 @@ impl StageKind for Sample {
                 continue;
             }
             let dir = cx.pipeline_dir.join(m);
-            let digest = crate::exec::fresh::digest_path(&dir).with_context(|| {
+            let digest = crate::base::digest::digest_path(&dir).with_context(|| {
                 format!("model folder `{m}` ({}) cannot be read", dir.display())
             })?;
             models.insert(m.clone(), Value::String(digest));
@@ -191,7 +193,7 @@ impl StageKind for Sample {
         if let Some(i) = &p.init {
             let path = cx.pipeline_dir.join(&i.images);
             if path.exists() {
-                let digest = crate::exec::fresh::digest_path(&path)
+                let digest = crate::base::digest::digest_path(&path)
                     .with_context(|| format!("`init.images` `{}` cannot be read", i.images))?;
                 extra["init"] = Value::String(digest);
             }
@@ -208,7 +210,7 @@ impl StageKind for Sample {
         }
         let mut cards = Vec::new();
         for (name, dir, pinned) in dirs {
-            let card = ModelCard::load(&dir).with_context(|| format!("model `{name}`"))?;
+            let card = ModelFolder::load(&dir).with_context(|| format!("model `{name}`"))?;
             cards.push((card.resolution, name, dir, pinned));
         }
         cards.sort_by_key(|c| c.0);
@@ -363,4 +365,31 @@ impl StageKind for Sample {
             partial: false,
         })
     }
+}
+
+/// The model folders of a sample stage: explicit `models:` (relative to the pipeline, or
+/// `hf://owner/name@revision/path`, downloaded through the Hub cache) or the upstream train
+/// stages. The third member is, for a Hub reference, the reference pinned to the commit it
+/// resolved to (what manifests record).
+pub fn model_dirs(
+    explicit: &[String],
+    pipeline_dir: &Path,
+    inputs: &[super::Input],
+) -> anyhow::Result<Vec<(String, PathBuf, Option<String>)>> {
+    if !explicit.is_empty() {
+        return explicit
+            .iter()
+            .map(|m| {
+                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None)
+                    .with_context(|| format!("model `{m}`"))?;
+                let pinned = r.commit().map(|_| r.record());
+                Ok((m.clone(), r.path().to_path_buf(), pinned))
+            })
+            .collect();
+    }
+    Ok(inputs
+        .iter()
+        .filter(|i| i.kind == "train")
+        .map(|i| (i.name.clone(), i.dir.clone(), None))
+        .collect())
 }
