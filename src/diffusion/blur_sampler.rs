@@ -171,7 +171,7 @@ impl BlurSamplerConfig {
                 self.s_noise
             ));
         }
-        if !(self.s_block >= 0.0) {
+        if self.s_block.is_nan() || self.s_block < 0.0 {
             return Err(format!("s_block = {} must be ≥ 0", self.s_block));
         }
         if !(self.truncation_sigma > 0.0 && self.truncation_t > 0.0) {
@@ -180,7 +180,7 @@ impl BlurSamplerConfig {
                 self.truncation_sigma, self.truncation_t
             ));
         }
-        if self.up_scale == 0 || !(self.blur_sigma_max >= 0.0) {
+        if self.up_scale == 0 || self.blur_sigma_max.is_nan() || self.blur_sigma_max < 0.0 {
             return Err(format!(
                 "up_scale = {} must be ≥ 1 and blur_sigma_max = {} ≥ 0",
                 self.up_scale, self.blur_sigma_max

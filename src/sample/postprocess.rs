@@ -16,9 +16,10 @@
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-/// One enhancement step and its factor (1 leaves the image unchanged).
+/// One enhancement step and its factor (1 leaves the image unchanged); written
+/// `{brightness: 1.06}` (one key per step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(rename_all = "lowercase", try_from = "StepWire")]
 pub enum Enhance {
     /// `ImageEnhance.Brightness`: blend with black.
     Brightness(f64),
@@ -26,6 +27,31 @@ pub enum Enhance {
     Contrast(f64),
     /// `ImageEnhance.Color`: blend with the image's own greyscale.
     Color(f64),
+}
+
+/// A step as written in YAML: a map with exactly one of the keys (serde_yaml's `Value`
+/// cannot hold an externally tagged enum written as a map).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepWire {
+    brightness: Option<f64>,
+    contrast: Option<f64>,
+    color: Option<f64>,
+}
+
+impl TryFrom<StepWire> for Enhance {
+    type Error = String;
+    fn try_from(w: StepWire) -> Result<Self, String> {
+        match (w.brightness, w.contrast, w.color) {
+            (Some(f), None, None) => Ok(Self::Brightness(f)),
+            (None, Some(f), None) => Ok(Self::Contrast(f)),
+            (None, None, Some(f)) => Ok(Self::Color(f)),
+            _ => Err(
+                "each post-processing step is one of {brightness: F}, {contrast: F}, {color: F}"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// A sequence of enhancement steps, applied in order; empty = off.
@@ -144,8 +170,9 @@ fn blend_each(img: &mut RgbImage, alpha: f64, degenerate: impl Fn([u8; 3]) -> [u
 mod tests {
     use super::*;
 
-    /// Factor 1 is the identity for every step; brightness 1.06 of 200 is u8(212.0) = 212,
-    /// of 250 clips to 255; colour 0 is the luma grey.
+    /// Factor 1 is the identity for every step; brightness 1.06 of 200 is 211 (1.06 in
+    /// float32 is 1.05999994, so 200·1.06 = 211.99999 truncates), of 250 clips to 255;
+    /// colour 0 is the luma grey (0.299·255 → 76).
     #[test]
     fn simple_cases() {
         let mut img = RgbImage::from_fn(3, 2, |x, y| {
@@ -161,11 +188,18 @@ mod tests {
         assert_eq!(img, orig);
         let mut one = RgbImage::from_pixel(1, 1, image::Rgb([200, 250, 0]));
         Postprocess::imagenet().apply(&mut one);
-        assert_eq!(one.get_pixel(0, 0).0, [212, 255, 0]);
+        assert_eq!(one.get_pixel(0, 0).0, [211, 255, 0]);
         let mut grey = RgbImage::from_pixel(1, 1, image::Rgb([255, 0, 0]));
         Postprocess(vec![Enhance::Color(0.0)]).apply(&mut grey);
         assert_eq!(grey.get_pixel(0, 0).0, [76, 76, 76]);
         assert_eq!(Postprocess::default().describe(), "none");
+        // As written in a pipeline: one key per step, in order.
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str("[{contrast: 0.9}, {brightness: 1.05}, {color: 0.99}]").unwrap();
+        let p: Postprocess = serde_yaml::from_value(yaml).unwrap();
+        assert_eq!(p, Postprocess::celebahq());
+        let bad: serde_yaml::Value = serde_yaml::from_str("[{contrast: 0.9, color: 1}]").unwrap();
+        assert!(serde_yaml::from_value::<Postprocess>(bad).is_err());
         assert_eq!(
             Postprocess::celebahq().describe(),
             "contrast 0.9, brightness 1.05, color 0.99 (PIL ImageEnhance)"
