@@ -19,6 +19,7 @@
 //! augments exactly as an uninterrupted one. Parameter maths runs on the host in float32
 //! as torch does; images stay on their device.
 
+pub mod colour;
 pub mod geometric;
 pub mod matrix;
 
@@ -167,6 +168,13 @@ pub struct Augmented {
     pub labels: Tensor,
 }
 
+/// Appends one column (a value per image) to the augmentation vectors.
+fn push_column(labels: &mut [Vec<f32>], per: &[f32]) {
+    for (l, v) in labels.iter_mut().zip(per) {
+        l.push(*v);
+    }
+}
+
 /// `u < mult·p`, compared in float32 as torch compares a float32 tensor with a Python float.
 fn chosen(u: &[f32], mult: f64, p: f64) -> Vec<bool> {
     let t = (mult * p) as f32;
@@ -239,11 +247,6 @@ impl AugmentPipe {
         let (n, _, h, w) = images.dims4()?;
         let p = self.p;
         let mut labels: Vec<Vec<f32>> = vec![Vec::new(); n];
-        let push = |labels: &mut Vec<Vec<f32>>, per: &[f32]| {
-            for (l, v) in labels.iter_mut().zip(per) {
-                l.push(*v);
-            }
-        };
         let mut x = images.clone();
 
         // 1. Pixel blitting.
@@ -272,8 +275,8 @@ impl AugmentPipe {
             let f = |set: &[i64]| -> Vec<f32> {
                 is(set).iter().map(|&b| f32::from(u8::from(b))).collect()
             };
-            push(&mut labels, &f(&[1, 2]));
-            push(&mut labels, &f(&[2, 3]));
+            push_column(&mut labels, &f(&[1, 2]));
+            push_column(&mut labels, &f(&[2, 3]));
         }
         if self.translate_int > 0.0 {
             let r: Vec<f32> = rng.rand(2)?.iter().map(|u| u * 2.0 - 1.0).collect();
@@ -316,7 +319,7 @@ impl AugmentPipe {
                 let s = (wb * self.scale_std as f32).exp2();
                 *gb = mul3(gb, &scale2d(1.0 / s, 1.0 / s));
             }
-            push(&mut labels, &wv);
+            push_column(&mut labels, &wv);
         }
         if self.rotate_frac > 0.0 {
             let range = (std::f64::consts::PI * self.rotate_frac_max) as f32;
@@ -333,7 +336,7 @@ impl AugmentPipe {
                 &mut labels,
                 &wv.iter().map(|w| w.cos() - 1.0).collect::<Vec<_>>(),
             );
-            push(&mut labels, &wv.iter().map(|w| w.sin()).collect::<Vec<_>>());
+            push_column(&mut labels, &wv.iter().map(|w| w.sin()).collect::<Vec<_>>());
         }
         if self.aniso > 0.0 {
             let wr = rng.randn(1)?;
@@ -352,8 +355,8 @@ impl AugmentPipe {
                 .zip(&rv)
                 .map(|(w, r)| (w * r.cos(), w * r.sin()))
                 .unzip();
-            push(&mut labels, &wc);
-            push(&mut labels, &ws);
+            push_column(&mut labels, &wc);
+            push_column(&mut labels, &ws);
         }
         if self.translate_frac > 0.0 {
             let r = rng.randn(2)?;
@@ -366,7 +369,7 @@ impl AugmentPipe {
                 let t = translate2d(-(wv[2 * b] * sx), -(wv[2 * b + 1] * sy));
                 *gb = mul3(gb, &t);
             }
-            push(&mut labels, &(0..n).map(|b| wv[2 * b]).collect::<Vec<_>>());
+            push_column(&mut labels, &(0..n).map(|b| wv[2 * b]).collect::<Vec<_>>());
             push(
                 &mut labels,
                 &(0..n).map(|b| wv[2 * b + 1]).collect::<Vec<_>>(),
@@ -377,9 +380,9 @@ impl AugmentPipe {
         }
 
         // 3. Colour transformations: one 4×4 matrix per image.
-        let (m, colour) = self.colour_matrices(n, &mut labels, rng)?;
+        let (m, colour) = colour::colour_matrices(self, n, &mut labels, rng)?;
         if colour {
-            x = apply_colour(&x, &m)?;
+            x = colour::apply_colour(&x, &m)?;
         }
 
         let dim = labels.first().map_or(0, Vec::len);
@@ -387,135 +390,6 @@ impl AugmentPipe {
         let labels = Tensor::from_vec(flat, (n, dim), &Device::Cpu)?.to_device(images.device())?;
         Ok(Augmented { images: x, labels })
     }
-
-    /// Draws the colour parameters; returns each image's matrix and whether any colour
-    /// transform is enabled.
-    fn colour_matrices(
-        &self,
-        n: usize,
-        labels: &mut [Vec<f32>],
-        rng: &mut dyn AugmentRng,
-    ) -> Result<(Vec<Mat4>, bool)> {
-        let p = self.p;
-        let mut m = vec![I4; n];
-        let luma = luma_axis();
-        let ll = outer4(&luma);
-        let push = |labels: &mut [Vec<f32>], per: &[f32]| {
-            for (l, v) in labels.iter_mut().zip(per) {
-                l.push(*v);
-            }
-        };
-        if self.brightness > 0.0 {
-            let r = rng.randn(1)?;
-            let wv = keep(&r, &chosen(&rng.rand(1)?, self.brightness, p), 1);
-            for (mb, &wb) in m.iter_mut().zip(&wv) {
-                let b = wb * self.brightness_std as f32;
-                *mb = mul4(&translate3d(b, b, b), mb);
-            }
-            push(labels, &wv);
-        }
-        if self.contrast > 0.0 {
-            let r = rng.randn(1)?;
-            let wv = keep(&r, &chosen(&rng.rand(1)?, self.contrast, p), 1);
-            for (mb, &wb) in m.iter_mut().zip(&wv) {
-                let c = (wb * self.contrast_std as f32).exp2();
-                *mb = mul4(&scale3d(c, c, c), mb);
-            }
-            push(labels, &wv);
-        }
-        if self.lumaflip > 0.0 {
-            let r = rng.randint(2, 1)?;
-            let wv = keep(&r, &chosen(&rng.rand(1)?, self.lumaflip, p), 1);
-            for (mb, &wb) in m.iter_mut().zip(&wv) {
-                let mut f = I4;
-                for (i, row) in f.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v -= 2.0 * ll[i][j] * wb as f32;
-                    }
-                }
-                *mb = mul4(&f, mb);
-            }
-            push(labels, &wv.iter().map(|&v| v as f32).collect::<Vec<_>>());
-        }
-        if self.hue > 0.0 {
-            let range = (std::f64::consts::PI * self.hue_max) as f32;
-            let r: Vec<f32> = rng
-                .rand(1)?
-                .iter()
-                .map(|u| (u * 2.0 - 1.0) * range)
-                .collect();
-            let wv = keep(&r, &chosen(&rng.rand(1)?, self.hue, p), 1);
-            for (mb, &wb) in m.iter_mut().zip(&wv) {
-                *mb = mul4(&rotate3d([luma[0], luma[1], luma[2]], wb), mb);
-            }
-            push(
-                labels,
-                &wv.iter().map(|w| w.cos() - 1.0).collect::<Vec<_>>(),
-            );
-            push(labels, &wv.iter().map(|w| w.sin()).collect::<Vec<_>>());
-        }
-        if self.saturation > 0.0 {
-            let r = rng.randn(1)?;
-            let wv = keep(&r, &chosen(&rng.rand(1)?, self.saturation, p), 1);
-            for (mb, &wb) in m.iter_mut().zip(&wv) {
-                let s = (wb * self.saturation_std as f32).exp2();
-                let mut f = [[0f32; 4]; 4];
-                for (i, row) in f.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = ll[i][j] + (I4[i][j] - ll[i][j]) * s;
-                    }
-                }
-                *mb = mul4(&f, mb);
-            }
-            push(labels, &wv);
-        }
-        let colour = [
-            self.brightness,
-            self.contrast,
-            self.lumaflip,
-            self.hue,
-            self.saturation,
-        ]
-        .iter()
-        .any(|&v| v > 0.0);
-        Ok((m, colour))
-    }
-}
-
-/// images ← M[:3, :3]·images + M[:3, 3] per pixel (RGB), or the mean of the three rows
-/// for one channel.
-fn apply_colour(x: &Tensor, m: &[Mat4]) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (dt, dev) = (x.dtype(), x.device());
-    let flat = x.reshape((n, c, h * w))?;
-    let y = match c {
-        3 => {
-            let lin: Vec<f32> = m
-                .iter()
-                .flat_map(|mb| (0..3).flat_map(move |i| mb[i][..3].to_vec()))
-                .collect();
-            let off: Vec<f32> = m
-                .iter()
-                .flat_map(|mb| (0..3).map(move |i| mb[i][3]))
-                .collect();
-            let lin = Tensor::from_vec(lin, (n, 3, 3), dev)?.to_dtype(dt)?;
-            let off = Tensor::from_vec(off, (n, 3, 1), dev)?.to_dtype(dt)?;
-            lin.matmul(&flat.contiguous()?)?.broadcast_add(&off)?
-        }
-        1 => {
-            let mean = |mb: &Mat4, j: usize| (mb[0][j] + mb[1][j] + mb[2][j]) / 3.0;
-            let gain: Vec<f32> = m
-                .iter()
-                .map(|mb| mean(mb, 0) + mean(mb, 1) + mean(mb, 2))
-                .collect();
-            let off: Vec<f32> = m.iter().map(|mb| mean(mb, 3)).collect();
-            let gain = Tensor::from_vec(gain, (n, 1, 1), dev)?.to_dtype(dt)?;
-            let off = Tensor::from_vec(off, (n, 1, 1), dev)?.to_dtype(dt)?;
-            flat.broadcast_mul(&gain)?.broadcast_add(&off)?
-        }
-        c => bail!("colour augmentation needs RGB (3 channels) or L (1 channel) images, got {c}"),
-    };
-    y.reshape((n, c, h, w))
 }
 
 #[cfg(test)]
