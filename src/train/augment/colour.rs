@@ -64,7 +64,7 @@ pub(super) fn colour_matrices(
         for (mb, &wb) in m.iter_mut().zip(&wv) {
             *mb = mul4(&rotate3d([luma[0], luma[1], luma[2]], wb), mb);
         }
-        push(
+        push_column(
             labels,
             &wv.iter().map(|w| w.cos() - 1.0).collect::<Vec<_>>(),
         );

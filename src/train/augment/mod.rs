@@ -256,7 +256,7 @@ impl AugmentPipe {
                 let wv = keep(&r, &chosen(&rng.rand(1)?, mult, p), 1);
                 let flip: Vec<bool> = wv.iter().map(|&v| v == 1).collect();
                 x = geometric::select(&flip, &x.flip(&[dim])?, &x)?;
-                push(
+                push_column(
                     &mut labels,
                     &wv.iter().map(|&v| v as f32).collect::<Vec<_>>(),
                 );
@@ -292,11 +292,11 @@ impl AugmentPipe {
                 .map(|b| (wv[2 * b + 1] * sy).round_ties_even() as i64)
                 .collect();
             x = geometric::translate_int(&x, &tx, &ty)?;
-            push(
+            push_column(
                 &mut labels,
                 &tx.iter().map(|&t| t as f32 / sx).collect::<Vec<_>>(),
             );
-            push(
+            push_column(
                 &mut labels,
                 &ty.iter().map(|&t| t as f32 / sy).collect::<Vec<_>>(),
             );
@@ -332,7 +332,7 @@ impl AugmentPipe {
             for (gb, &wb) in g.iter_mut().zip(&wv) {
                 *gb = mul3(gb, &rotate2d(wb)); // rotate2d_inv(−w)
             }
-            push(
+            push_column(
                 &mut labels,
                 &wv.iter().map(|w| w.cos() - 1.0).collect::<Vec<_>>(),
             );
@@ -370,7 +370,7 @@ impl AugmentPipe {
                 *gb = mul3(gb, &t);
             }
             push_column(&mut labels, &(0..n).map(|b| wv[2 * b]).collect::<Vec<_>>());
-            push(
+            push_column(
                 &mut labels,
                 &(0..n).map(|b| wv[2 * b + 1]).collect::<Vec<_>>(),
             );
