@@ -27,10 +27,7 @@ use candle_core::{bail, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::rng::Stream;
-use matrix::{
-    luma_axis, mul3, mul4, outer4, rotate2d, rotate3d, scale2d, scale3d, translate2d, translate3d,
-    Mat4, I3, I4,
-};
+use matrix::{mul3, rotate2d, scale2d, translate2d, I3};
 
 /// Where the pipe's random numbers come from. Each call returns `per` values for each of
 /// the batch's images, image-major (`v[b·per + k]`).
