@@ -431,6 +431,25 @@ fn resume_is_exact_with_dropout() {
     exact_resume_with(edm(), false, 0.2);
 }
 
+/// fp16 is EDM's CUDA-only `use_fp16`: on the CPU the run refuses before it starts, naming
+/// the way out (issue 19).
+#[test]
+fn fp16_refuses_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs");
+    write_pairs(&data, 0, 1, 8);
+    let mut cfg = config(edm(), 1);
+    cfg.fp16 = true;
+    let out = dir.path().join("out");
+    let err =
+        train::train(&cfg, &data, &out, &Device::Cpu, "cpu", &Solo, &train::Quiet).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("fp16 training runs on CUDA only") && msg.contains("`fp16: false`"),
+        "{msg}"
+    );
+}
+
 /// Augmentation draws from (seed, step, image) streams, so an augmented run resumes bit for
 /// bit too (issue 19); p = 0.5 so that most steps transform some image.
 #[test]
