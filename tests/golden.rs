@@ -9,8 +9,11 @@
 //! missing tensor or output, a wrong draw count or a comparison over tolerance fails the
 //! case; the test fails if any case does, after listing every failure.
 //!
-//! `unet_forward` belongs to the network and is checked by `golden/unet.rs`.
+//! `unet_forward` belongs to the network and is checked by `golden/unet.rs`; `augment_pipe`
+//! (the `augment/` folder, `RELAY_GOLDEN_DIR=../shared/golden/augment`) by `golden/augment.rs`.
 
+#[path = "golden/augment.rs"]
+mod augment;
 #[path = "golden/common.rs"]
 mod common;
 #[path = "golden/unet.rs"]
@@ -98,6 +101,7 @@ fn golden() -> Result<()> {
 fn run_case(case: &Case) -> Result<usize> {
     let outputs = match case.kind() {
         "unet_forward" => return unet::check(case.json, case.tensors),
+        "augment_pipe" => return augment::check(case),
         "dct2d" => dct2d(case)?,
         "dct_blur" => dct_blur_case(case)?,
         "alpha_t" => alpha_t(case)?,

@@ -161,6 +161,51 @@ impl BlurSamplerConfig {
     pub fn guidance(&self) -> Guidance {
         Guidance::new(self.cfg_scale, self.cfg_interval)
     }
+
+    /// Settings the sampler cannot run with: the message names the setting and its value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        super::schedule::check_steps(self.num_steps, self.sigma_min, self.sigma_max, self.rho)?;
+        if !(0.0..=1.0).contains(&self.s_noise) {
+            return Err(format!(
+                "s_noise = {} must be in [0, 1] (γ = √(1 − s_noise²)·t_(i+1)/t_i)",
+                self.s_noise
+            ));
+        }
+        if self.s_block.is_nan() || self.s_block < 0.0 {
+            return Err(format!("s_block = {} must be ≥ 0", self.s_block));
+        }
+        if !(self.truncation_sigma > 0.0 && self.truncation_t > 0.0) {
+            return Err(format!(
+                "truncation_sigma = {} and truncation_t = {} must be > 0",
+                self.truncation_sigma, self.truncation_t
+            ));
+        }
+        if self.up_scale == 0 || self.blur_sigma_max.is_nan() || self.blur_sigma_max < 0.0 {
+            return Err(format!(
+                "up_scale = {} must be ≥ 1 and blur_sigma_max = {} ≥ 0",
+                self.up_scale, self.blur_sigma_max
+            ));
+        }
+        if !(1..=2).contains(&self.order) {
+            return Err(format!("order = {} must be 1 or 2", self.order));
+        }
+        if self.time_steps().len() < 2 {
+            return Err(format!(
+                "no step of the {}-step schedule lies below truncation_sigma = {}: raise num_steps \
+                 or truncation_sigma",
+                self.num_steps, self.truncation_sigma
+            ));
+        }
+        if let Some(c) = &self.churn {
+            if !(c.s_churn >= 0.0 && c.s_noise >= 0.0) {
+                return Err(format!(
+                    "churn: S_churn = {} and S_noise = {} must be ≥ 0",
+                    c.s_churn, c.s_noise
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The sampler settings a relay stage takes over from its training (RDM_NOTES §6.3): the

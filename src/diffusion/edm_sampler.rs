@@ -92,6 +92,27 @@ impl EdmSamplerConfig {
     pub fn guidance(&self) -> Guidance {
         Guidance::new(self.cfg_scale, self.cfg_interval)
     }
+
+    /// Settings the sampler cannot run with: the message names the setting and its value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        super::schedule::check_steps(self.num_steps, self.sigma_min, self.sigma_max, self.rho)?;
+        if !(self.s_noise >= 0.0 && self.s_churn >= 0.0) {
+            return Err(format!(
+                "S_noise = {} and S_churn = {} must be ≥ 0",
+                self.s_noise, self.s_churn
+            ));
+        }
+        if !(1..=2).contains(&self.order) {
+            return Err(format!("order = {} must be 1 or 2", self.order));
+        }
+        if matches!(self.sde_scale, Some(s) if !(0.0..1.0).contains(&s)) {
+            return Err(format!(
+                "sde_scale = {:?} must be in [0, 1) (g = sde_scale·t_(i+1) < t_(i+1))",
+                self.sde_scale
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Samples from `latents` (N(0, I), `[B, C, H, W]`, any float dtype; x_0 = latents·t_0).

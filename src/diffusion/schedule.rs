@@ -25,6 +25,27 @@ pub fn rho_schedule(num_steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) 
         .collect()
 }
 
+/// Checks the settings of a ρ schedule: N ≥ 1, 0 < σ_min ≤ σ_max (finite), ρ > 0.
+pub fn check_steps(
+    num_steps: usize,
+    sigma_min: f64,
+    sigma_max: f64,
+    rho: f64,
+) -> Result<(), String> {
+    if num_steps == 0 {
+        return Err("num_steps must be at least 1".into());
+    }
+    if !(rho > 0.0 && rho.is_finite()) {
+        return Err(format!("rho = {rho} must be > 0"));
+    }
+    if !(sigma_min > 0.0 && sigma_min <= sigma_max && sigma_max.is_finite()) {
+        return Err(format!(
+            "need 0 < sigma_min ≤ sigma_max < ∞, got sigma_min = {sigma_min}, sigma_max = {sigma_max}"
+        ));
+    }
+    Ok(())
+}
+
 /// The EDM sampler's N + 1 time steps: [`rho_schedule`] followed by t_N = 0.
 pub fn edm_time_steps(num_steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
     let mut t = rho_schedule(num_steps, sigma_min, sigma_max, rho);

@@ -20,6 +20,17 @@ pub const PREVIEW_FILE: &str = "preview.png";
 /// The `format` of a relay repo's `config.json`.
 pub const REPO_FORMAT: &str = "relay-repo/1";
 
+/// What still differs from the published RelayDiffusion / EDM code (the README's table, in
+/// short), in every card.
+const DIFFERENCES: &str = "## Differences from the published code\n\n\
+| | RelayDiffusion / EDM | relay |\n|---|---|---|\n\
+| random numbers | torch generators | per-(seed, step, image) Philox streams, the reference's draw order: same distributions, not the same numbers |\n\
+| 64² training images | LANCZOS from the originals | box mean of the 256² image (default `filter: box`) |\n\
+| fp16 | `use_fp16`, static loss scaling | the same scheme, not yet measured on a GPU |\n\
+| gradient scale on W GPUs | DDP average | sum over ranks (W× larger; matters only through Adam's ε) |\n\
+| data order | `InfiniteSampler` | seeded shard shuffle + buffer |\n\
+| CFG with `label_dropout` 0 | samples with an untrained unconditional branch | the same, with a warning |\n\n";
+
 /// Size and sha256 of one file of the repo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -82,6 +93,10 @@ pub struct SamplingEntry {
     /// The preview grid's path in the repo.
     #[serde(default)]
     pub preview: Option<String>,
+    /// The PIL enhancement applied to the samples before saving (`none`, or the steps), as
+    /// the sample manifest records it: any metric of these samples includes it.
+    #[serde(default)]
+    pub postprocess: Option<String>,
 }
 
 /// The repo-level `config.json`.
@@ -307,6 +322,17 @@ pub fn model_card(cfg: &RepoConfig, at: &Location) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(s) = &cfg.sampling {
+        let pp = s.postprocess.as_deref().unwrap_or("not recorded");
+        let _ = writeln!(
+            b,
+            "\nPost-processing of the `{}` images before saving: {pp}. Metrics of these samples \
+             include it; the paper's FIDs were measured after PIL ImageEnhance (RDM \
+             generate_celebahq.py: contrast 0.9, brightness 1.05, colour 0.99; \
+             generate_imagenet.py: brightness 1.06).",
+            s.stage
+        );
+    }
     b.push_str(
         "\nSampler defaults of each stage (also in its folder's `config.json`):\n\n```json\n",
     );
@@ -320,6 +346,7 @@ pub fn model_card(cfg: &RepoConfig, at: &Location) -> String {
 
     // Use.
     let models: Vec<String> = cfg.chain.iter().map(|f| at.model_ref(f)).collect();
+    b.push_str(DIFFERENCES);
     b.push_str("## Use\n\nSample with relay (`relay run sample.yaml`):\n\n```yaml\n");
     let _ = writeln!(
         b,

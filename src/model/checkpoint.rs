@@ -272,4 +272,33 @@ mod tests {
         assert!(err.contains("unexpected model.extra"), "{err}");
         Ok(())
     }
+
+    /// An official checkpoint with an augmentation input (`augment_dim = 9`, RDM's CelebA-HQ
+    /// networks), converted by `scripts/convert_checkpoint.py` from the reference code's own
+    /// `EDMPrecond` (`scripts/augment_checkpoint_vectors.py`, random weights incl.
+    /// `map_augment`): D equals the reference's without an augmentation vector (sampling)
+    /// and with one (training, `map_augment` before the mapping MLP), which differ by 17 %.
+    #[test]
+    fn converted_checkpoint_with_augment_dim_matches_the_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/convert_augment");
+        let net = load_model_dir(&dir, DType::F32, &dev)?;
+        assert_eq!(net.config().augment_dim, 9);
+        let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &dev)?;
+        let rel = |a: &Tensor, e: &Tensor| -> Result<f64> {
+            let d = (a - e)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            Ok(f64::from(d) / f64::from(e.abs()?.max_all()?.to_scalar::<f32>()?))
+        };
+        let d = net.forward(&r["x"], &r["sigma"], None)?;
+        let err = rel(&d, &r["d_none"])?;
+        assert!(
+            err < 1e-5,
+            "D without augmentation: relative error {err:.2e}"
+        );
+        let key = crate::model::dropout::DropoutKey(0); // dropout 0: no mask is drawn
+        let d = net.forward_train(&r["x"], &r["sigma"], None, Some(&r["augment_labels"]), key)?;
+        let err = rel(&d, &r["d_augment"])?;
+        assert!(err < 1e-5, "D with augmentation: relative error {err:.2e}");
+        Ok(())
+    }
 }

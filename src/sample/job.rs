@@ -6,7 +6,8 @@
 //! * `samples-000000.tar`, ...: `SEED.png` (+ `SEED.cls` for conditional models);
 //! * `.parts/000000.parquet`: a shard's manifest rows; written after its tar, so a part
 //!   marks its shard as complete. Removed by the merge;
-//! * `manifest.parquet`: every row, in seed order; `preview.png`: the first images.
+//! * `manifest.parquet`: every row, in seed order (with the start image of a
+//!   super-resolution job and the post-processing applied); `preview.png`: the first images.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use candle_core::Device;
 use image::RgbImage;
 
-use super::chain::{Chain, LabelMode};
+use super::chain::{Chain, LabelMode, Start};
+use super::init::{self, StartImage};
+use super::postprocess::Postprocess;
 use crate::data::image::encode_png;
 use crate::data::tar::ShardWriter;
 use crate::manifest::{col, Cell, TableWriter};
@@ -68,6 +71,8 @@ pub fn sample_schema() -> SchemaRef {
         col("device", DataType::Utf8, false),
         col("worker", DataType::Utf8, false),
         col("seconds", DataType::Float64, false),
+        col("source", DataType::Utf8, true),
+        col("postprocess", DataType::Utf8, false),
     ]))
 }
 
@@ -85,13 +90,24 @@ pub fn shard_done(out: &Path, plan: &ShardPlan) -> bool {
     part_path(out, plan.index).is_file() && out.join(plan.tar_name()).is_file()
 }
 
-/// What is recorded on every row besides the image itself.
+/// What is recorded on every row besides the image itself, and what is done to every
+/// image before it is written.
 pub struct RowContext {
     pub label_mode: LabelMode,
     pub checkpoints: String,
     pub sampler: String,
     pub device: String,
     pub worker: String,
+    /// The PIL enhancement applied before saving (recorded as [`Postprocess::describe`]).
+    pub postprocess: Postprocess,
+    /// Super-resolution: the start image of every sample id, and the noise added to it.
+    pub start: Option<StartSet>,
+}
+
+/// The start images of a super-resolution job: image i goes with the i-th seed.
+pub struct StartSet {
+    pub images: Vec<StartImage>,
+    pub noise: f64,
 }
 
 /// Where a shard's wall time went.
@@ -133,8 +149,27 @@ pub fn run_shard(
         cancel.check()?;
         let seeds: Vec<u64> = chunk.iter().map(|&(_, s)| s).collect();
         let t0 = Instant::now();
-        let g = chain.generate(&seeds, rows.label_mode, device)?;
+        let (start, sources) = match &rows.start {
+            Some(set) => {
+                let imgs: Vec<&StartImage> = chunk
+                    .iter()
+                    .map(|&(id, _)| &set.images[id as usize])
+                    .collect();
+                let start = Start {
+                    images: init::to_tensor(&imgs, device)?,
+                    noise: set.noise,
+                    classes: imgs.iter().map(|i| i.class).collect(),
+                };
+                let sources = imgs.iter().map(|i| Cell::Str(i.source.clone())).collect();
+                (Some(start), sources)
+            }
+            None => (None, vec![Cell::Null; chunk.len()]),
+        };
+        let mut g = chain.generate(&seeds, rows.label_mode, start.as_ref(), device)?;
         let gen_secs = t0.elapsed().as_secs_f64();
+        for img in &mut g.images {
+            rows.postprocess.apply(img);
+        }
         generate += gen_secs;
         let per_image = gen_secs / seeds.len() as f64;
         for (j, &(id, seed)) in chunk.iter().enumerate() {
@@ -166,6 +201,8 @@ pub fn run_shard(
                 Cell::Str(rows.device.clone()),
                 Cell::Str(rows.worker.clone()),
                 Cell::F64(per_image),
+                sources[j].clone(),
+                Cell::Str(rows.postprocess.describe()),
             ])?;
         }
         on_images(chunk.len());

@@ -8,6 +8,8 @@
 
 pub mod chain;
 pub mod export;
+pub mod init;
 pub mod job;
 pub mod model_folder;
+pub mod postprocess;
 pub mod seeds;

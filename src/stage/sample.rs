@@ -1,6 +1,9 @@
 //! `sample`: seeds → images with a chain of trained stages → tar shards, `manifest.parquet`
 //! and `preview.png`. Resumable shard by shard; `relay exec ... --shard I/N` runs every
-//! N-th shard from I (cluster workers), and a final run merges.
+//! N-th shard from I (cluster workers), and a final run merges. `postprocess:` applies the
+//! paper scripts' PIL enhancement before saving; `init:` starts relay stages from given
+//! low-resolution images (super-resolution); guidance that cannot work warns (`strict:
+//! true`: fails) before any image is made.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +18,10 @@ use super::{
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
 use crate::sample::chain::{Chain, ChainStage, LabelMode};
-use crate::sample::job::{merge, plan_shards, run_shard, shard_done, RowContext};
+use crate::sample::init::read_start_images;
+use crate::sample::job::{merge, plan_shards, run_shard, shard_done, RowContext, StartSet};
 use crate::sample::model_folder::ModelFolder;
+use crate::sample::postprocess::Postprocess;
 use crate::sample::seeds::Seeds;
 
 pub struct Sample;
@@ -46,6 +51,30 @@ struct SampleParams {
     /// Images in `preview.png`.
     #[serde(default = "default_preview")]
     preview: usize,
+    /// PIL enhancement applied to every image before it is saved, in order, e.g.
+    /// `[{contrast: 0.9}, {brightness: 1.05}, {color: 0.99}]` (generate_celebahq.py); none
+    /// by default. Recorded on every manifest row.
+    #[serde(default)]
+    postprocess: Postprocess,
+    /// Super-resolution: start the relay stages from given low-resolution images instead of
+    /// a base stage's samples.
+    #[serde(default)]
+    init: Option<InitParams>,
+    /// Make guidance problems (CFG > 1 on a model trained with label_dropout 0) errors.
+    #[serde(default)]
+    strict: bool,
+}
+
+/// `init:` of a sample stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitParams {
+    /// An upstream data stage (its `KEY.<side>.png`), or a folder of images or an `.npz`
+    /// (relative to the pipeline).
+    images: String,
+    /// Standard deviation of the Gaussian noise added to each image (its seed's first draw).
+    #[serde(default)]
+    noise: f64,
 }
 
 fn default_per_shard() -> usize {
@@ -90,15 +119,34 @@ impl StageKind for Sample {
         }
         for (name, v) in &p.stages {
             let j = to_json(v);
-            let edm = serde_json::from_value::<EdmSamplerConfig>(j.clone());
-            let blur = serde_json::from_value::<BlurSamplerConfig>(j);
+            let edm = serde_json::from_value::<EdmSamplerConfig>(j.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate());
+            let blur = serde_json::from_value::<BlurSamplerConfig>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate());
             if let (Err(a), Err(b)) = (edm, blur) {
+                let msg = if a == b {
+                    a
+                } else {
+                    format!("as an EDM stage: {a}; as a relay stage: {b}")
+                };
                 return Err(ParamError::new(
                     format!("stages.{name}"),
-                    format!(
-                        "not valid sampler settings (as an EDM stage: {a}; as a relay stage: {b})"
-                    ),
+                    format!("not valid sampler settings ({msg})"),
                 ));
+            }
+        }
+        p.postprocess
+            .validate()
+            .map_err(|e| ParamError::new("postprocess", e))?;
+        if let Some(init) = &p.init {
+            if !(init.noise >= 0.0 && init.noise.is_finite()) {
+                return Err(ParamError::new(
+                    "init.noise",
+                    format!("the noise scale must be ≥ 0, got {}", init.noise),
+                )
+                .with_hint("RDM's super-resolution check uses 0.1"));
             }
         }
         Ok(())
@@ -140,7 +188,17 @@ impl StageKind for Sample {
             })?;
             models.insert(m.clone(), Value::String(digest));
         }
-        Ok(serde_json::json!({ "models": models }))
+        let mut extra = serde_json::json!({ "models": models });
+        // Start images given as a path (not an upstream stage) are fingerprinted by content.
+        if let Some(i) = &p.init {
+            let path = cx.pipeline_dir.join(&i.images);
+            if path.exists() {
+                let digest = crate::base::digest::digest_path(&path)
+                    .with_context(|| format!("`init.images` `{}` cannot be read", i.images))?;
+                extra["init"] = Value::String(digest);
+            }
+        }
+        Ok(extra)
     }
     fn run(&self, cx: &StageContext) -> anyhow::Result<super::Outcome> {
         let p: SampleParams = parse_params(&cx.params)?;
@@ -164,7 +222,8 @@ impl StageKind for Sample {
                 .or_else(|| p.stages.get(&pos.to_string()))
                 .map(to_json)
                 .unwrap_or(Value::Null);
-            let mut stage = ChainStage::load(name, dir, pos, &overrides, &device)
+            let relay_by_default = pos > 0 || p.init.is_some();
+            let mut stage = ChainStage::load(name, dir, relay_by_default, &overrides, &device)
                 .with_context(|| format!("loading model `{name}`"))?;
             if let Some(pinned) = pinned {
                 // Manifests record the Hub reference at its commit, not the cache path.
@@ -185,7 +244,36 @@ impl StageKind for Sample {
                 );
             }
         }
-        let chain = Chain::new(stages)?;
+        let chain = Chain::new(stages, p.init.is_some())?;
+        for problem in chain.guidance_problems() {
+            if p.strict {
+                bail!("{problem} (`strict: true` makes this an error)");
+            }
+            cx.progress.log(format!("warning: {problem}"));
+        }
+        let start = match &p.init {
+            None => None,
+            Some(init) => {
+                let first = &chain.stages[0];
+                let side = first.resolution / first.up_scale().max(1);
+                let path = match cx.inputs.iter().find(|i| i.name == init.images) {
+                    Some(input) => input.dir.clone(),
+                    None => cx.pipeline_dir.join(&init.images),
+                };
+                let images = read_start_images(&path, side, p.seeds.len())
+                    .with_context(|| format!("`init.images` of stage `{}`", cx.name))?;
+                cx.progress.log(format!(
+                    "starting from {} images of `{}` ({side}px) plus noise {}",
+                    images.len(),
+                    init.images,
+                    init.noise
+                ));
+                Some(StartSet {
+                    images,
+                    noise: init.noise,
+                })
+            }
+        };
         cx.progress.log(format!(
             "chain: {} ({}px), {} seeds, labels {}",
             chain
@@ -228,6 +316,8 @@ impl StageKind for Sample {
             sampler: serde_json::to_string(&chain.stages.iter().map(|s| serde_json::json!({"stage": s.name, "settings": s.sampler})).collect::<Vec<_>>())?,
             device: cx.device.describe(),
             worker: cx.shard.map(|s| format!("{}/{}", s.index, s.count)).unwrap_or_else(|| "0/1".into()),
+            postprocess: p.postprocess.clone(),
+            start,
         };
         let mut timing = crate::sample::job::ShardTiming::default();
         for plan in todo {

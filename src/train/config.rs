@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::augment::AugmentPipe;
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
 use crate::diffusion::loss::{BlurLoss, EdmLoss};
@@ -110,6 +111,15 @@ pub struct TrainConfig {
     pub sampler: SamplerDefaults,
     /// Run the network in bfloat16 (CUDA only); master weights, Adam and EMA stay float32.
     pub bf16: bool,
+    /// Run the network in float16 (CUDA only), as EDM's `use_fp16`: weights cast per step,
+    /// attention in float32, master weights, Adam and EMA float32; the reference's static
+    /// `loss_scaling` and `nan_to_num` on the gradients, no dynamic scaler.
+    #[serde(default)]
+    pub fp16: bool,
+    /// EDM's augmentation pipe (RDM: [`AugmentPipe::rdm`]); `None` trains on the images
+    /// as they are. Its vector feeds the network's `map_augment` (`model.augment_dim`).
+    #[serde(default)]
+    pub augment: Option<AugmentPipe>,
 }
 
 impl TrainConfig {
@@ -151,10 +161,33 @@ impl TrainConfig {
         if self.cond && self.model.label_dim == 0 {
             bail!("cond: true needs a class count (label_dim) > 0");
         }
+        if self.bf16 && self.fp16 {
+            bail!("choose one of bf16 and fp16");
+        }
         if self.bf16 && !cfg!(feature = "cuda") {
             bail!("bf16 needs a CUDA build (relay built with --features cuda)");
         }
+        if let Some(pipe) = &self.augment {
+            if self.model.augment_dim != pipe.label_dim() {
+                bail!(
+                    "the augmentation vector has {} columns but the model's augment_dim is {}",
+                    pipe.label_dim(),
+                    self.model.augment_dim
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The dtype the network runs in during training.
+    pub fn network_dtype(&self) -> DType {
+        if self.bf16 {
+            DType::BF16
+        } else if self.fp16 {
+            DType::F16
+        } else {
+            DType::F32
+        }
     }
 
     /// The loss divisor the reference uses at this resolution: 32 for 64² images, 256

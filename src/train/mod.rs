@@ -24,6 +24,7 @@
 //! ranks with NCCL (`--features nccl`) after every step. Rank 0 resumes, logs and writes
 //! snapshots (with every rank's data position); the others take its state at the start.
 
+pub mod augment;
 pub mod config;
 pub mod data;
 pub mod fused_adam;

@@ -4,7 +4,7 @@
 //!    data position and log from the newest snapshot in `out/snapshots/` if there is one.
 //! 2. Each step: set the ramped learning rate; for every micro-batch, draw the noise levels
 //!    and noise from per-sample streams keyed by (seed, step, sample), drop labels
-//!    (seeded), compute the loss ([`EdmLoss`] or [`BlurLoss`]), reduce it as the reference
+//!    (seeded), augment (EDM's pipe, when `augment` is set, keyed the same way), compute the loss ([`EdmLoss`] or [`BlurLoss`]), reduce it as the reference
 //!    (`sum · loss_scaling / loss_divisor`) and accumulate its gradients; clean the
 //!    gradients (`nan_to_num`, optional clipping); take an Adam step; update the EMA.
 //! 3. Each tick: one log row. Each snapshot: EMA weights, training state, preview grid,
@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result as CResult, Tensor, Var};
 use candle_nn::VarBuilder;
 
+use super::augment::SeedAugment;
 use super::config::{Cost, Objective, StageConfig, TrainConfig, STAGE_FORMAT};
 use super::data::{first_images, DataPosition, DataSpec, PairLoader};
 use super::log::{plot, write_parquet, LogRow, TickAcc};
@@ -39,6 +40,7 @@ use crate::model::{checkpoint, info::flops_per_image, EdmPrecond};
 /// Stream purposes mixed into the per-sample keys.
 const LABEL_DROP: u64 = 0x1ABE1;
 const DROPOUT: u64 = 0xD809;
+const AUGMENT: u64 = 0xA06;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -72,12 +74,13 @@ fn weights_sha256(vars: &BTreeMap<String, Var>) -> anyhow::Result<String> {
 }
 
 /// The training-mode denoiser: dropout on, its masks drawn from the key (label dropout
-/// is done by the loop, seeded).
-struct Training<'a>(&'a EdmPrecond, DropoutKey);
+/// is done by the loop, seeded); the augmentation vector of the batch, if augmented.
+struct Training<'a>(&'a EdmPrecond, DropoutKey, Option<Tensor>);
 
 impl Denoiser for Training<'_> {
     fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> CResult<Tensor> {
-        self.0.forward_train(x, sigma, labels, None, self.1)
+        self.0
+            .forward_train(x, sigma, labels, self.2.as_ref(), self.1)
     }
     fn label_dim(&self) -> usize {
         self.0.config().label_dim
@@ -123,8 +126,14 @@ pub fn train(
     let world = group.world();
     let lead = world.rank == 0;
     cfg.validate(world.size)?;
+    if cfg.fp16 && !device.is_cuda() {
+        bail!(
+            "fp16 training runs on CUDA only (EDM's use_fp16 is ignored off CUDA too); set \
+             `fp16: false` to train on {device_name}"
+        );
+    }
     let res = cfg.objective.train_resolution();
-    let dtype = if cfg.bf16 { DType::BF16 } else { DType::F32 };
+    let dtype = cfg.network_dtype();
 
     // 1. Seeded weights, the optimiser and the EMA; then the newest snapshot, if any.
     let mut train_model = cfg.model.clone();
@@ -461,10 +470,24 @@ impl Run<'_> {
                 }
                 None => None,
             };
-            let y = &batch.images;
+            // EDM's augmentation pipe, one stream per (seed, step, image); the loss then
+            // sees the augmented image (BlurLoss blurs it) and the network its vector.
+            let (y, augment_labels) = match &cfg.augment {
+                Some(pipe) => {
+                    let aug_seeds: Vec<u64> = keys
+                        .iter()
+                        .map(|&k| mix(&[cfg.seed, self.state.step, k, AUGMENT]))
+                        .collect();
+                    let a = pipe.apply(&batch.images, &mut SeedAugment::new(&aug_seeds))?;
+                    (a.images, Some(a.labels))
+                }
+                None => (batch.images.clone(), None),
+            };
+            let y = &y;
             let d = Training(
                 net,
                 DropoutKey(mix(&[cfg.seed, self.state.step, first, DROPOUT])),
+                augment_labels,
             );
             let parts = match &cfg.objective {
                 Objective::Edm { loss, .. } => {

@@ -133,10 +133,19 @@ impl Run {
 /// (`model.safetensors` + `config.json`) and return the network config as JSON, for the
 /// caller to wrap into the `config.json` a trained stage would have.
 pub fn random_tiny_model(dir: &Path, res: usize, seed: u64) -> serde_json::Value {
+    random_model(
+        dir,
+        &relay::model::UnetConfig::tiny().with_resolution(res),
+        seed,
+    )
+}
+
+/// A randomly initialised model folder of `cfg` (weights N(0, 0.05²) from `seed`).
+pub fn random_model(dir: &Path, cfg: &relay::model::UnetConfig, seed: u64) -> serde_json::Value {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
-    use relay::model::{checkpoint, EdmPrecond, UnetConfig};
-    let cfg = UnetConfig::tiny().with_resolution(res);
+    use relay::model::{checkpoint, EdmPrecond};
+    let cfg = cfg.clone();
     let varmap = VarMap::new();
     let dev = Device::Cpu;
     EdmPrecond::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();

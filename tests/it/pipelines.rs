@@ -58,6 +58,7 @@ fn tiny_train(stage: &str) -> Vec<String> {
         "tick_kimg=0.004",
         "snapshot_kimg=0.004",
         "dropout=0",
+        "fp16=false", // the paper templates train in fp16, which needs CUDA
     ]
     .iter()
     .map(|kv| format!("{stage}.{kv}"))
@@ -207,6 +208,10 @@ fn imagenet_256_runs_on_a_tiny_substitute() {
         .collect();
     assert_eq!(labels, [0, 1, 0, 1]);
     assert_eq!(rows[0][c("label_mode")].as_str(), Some("balanced"));
+    // generate_imagenet.py's enhancement, recorded on every row (issue 19).
+    assert!(rows
+        .iter()
+        .all(|r| r[c("postprocess")].as_str() == Some("brightness 1.06 (PIL ImageEnhance)")));
     let fid = std::fs::read_to_string(p.path().join("runs/fid/fid.txt")).unwrap();
     assert!(fid.contains("no evaluator configured"), "{fid}");
 }
@@ -227,6 +232,20 @@ fn celebahq_256_runs_on_a_tiny_substitute() {
         &["base", "relay"],
         &[],
         &stages,
+    );
+    // generate_celebahq.py's enhancement and its relay sampler's churn draw (issue 19).
+    let (cols, rows) =
+        relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
+    let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
+    assert_eq!(
+        rows[0][c("postprocess")].as_str(),
+        Some("contrast 0.9, brightness 1.05, color 0.99 (PIL ImageEnhance)")
+    );
+    let sampler: serde_json::Value =
+        serde_json::from_str(rows[0][c("sampler")].as_str().unwrap()).unwrap();
+    assert!(
+        sampler[1]["settings"]["churn"].is_object(),
+        "the relay sampler lacks the churn draw: {sampler}"
     );
 }
 
@@ -269,4 +288,50 @@ fn celebahq_1024_runs_three_stages_on_a_tiny_substitute() {
         relay::manifest::read_rows(&p.path().join("runs/samples/manifest.parquet")).unwrap();
     let c = cols.iter().position(|x| x == "resolution").unwrap();
     assert_eq!(rows[0][c].as_u64(), Some(32));
+}
+
+/// Super-resolution (issue 19): the relay stage alone, started from a held-out set's 8 px
+/// images plus noise; every manifest row names its start image.
+#[test]
+fn superres_runs_the_relay_stage_from_given_images() {
+    let p = Project::new();
+    let sets = [
+        "relay.steps=3",
+        "relay.preview_images=0",
+        "upsampled.seeds=0-5",
+        "upsampled.samples_per_shard=4",
+        "upsampled.batch=4",
+        "upsampled.stages.relay.num_steps=8",
+    ];
+    let mut args: Vec<String> = vec![
+        "--var".into(),
+        "images=48".into(),
+        "--var".into(),
+        "test_images=6".into(),
+    ];
+    args.extend(args_of(
+        &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    ));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_pipeline(&p, "superres.yaml", &refs);
+    r.code(0);
+    assert_eq!(r.status_of("upsampled"), "ok", "{}", r.stdout);
+    let (cols, rows) =
+        relay::manifest::read_rows(&p.path().join("runs/upsampled/manifest.parquet")).unwrap();
+    let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
+    assert_eq!(rows.len(), 6);
+    let sources: Vec<&str> = rows
+        .iter()
+        .map(|r| r[c("source")].as_str().unwrap())
+        .collect();
+    assert!(sources.iter().all(|s| s.contains(".tar#")), "{sources:?}");
+    let mut unique = sources.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        6,
+        "each sample has its own start image: {sources:?}"
+    );
+    assert!(rows.iter().all(|r| r[c("resolution")].as_u64() == Some(16)));
 }

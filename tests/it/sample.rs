@@ -3,12 +3,20 @@
 use std::path::Path;
 use std::time::Duration;
 
+use relay::model::UnetConfig;
+
 use crate::common::{shas, Project};
 
 /// A randomly initialised tiny model folder: `relay` = None for a base stage, or the
 /// relay stage's up-scale factor.
 pub fn model_dir(dir: &Path, res: usize, relay: Option<usize>, seed: u64) {
-    let model = crate::common::random_tiny_model(dir, res, seed);
+    model_dir_of(dir, &UnetConfig::tiny().with_resolution(res), relay, seed)
+}
+
+/// [`model_dir`] for any network config.
+fn model_dir_of(dir: &Path, cfg: &UnetConfig, relay: Option<usize>, seed: u64) {
+    let res = cfg.img_resolution;
+    let model = crate::common::random_model(dir, cfg, seed);
     let card = match relay {
         None => {
             serde_json::json!({ "model": model, "diffusion": { "kind": "edm" }, "resolution": res })
@@ -188,4 +196,129 @@ fn kill_9_mid_job_then_resume_gives_the_same_bytes() {
             "{name}"
         );
     }
+}
+
+/// A sample pipeline over the test project's models with `with` added to the stage.
+fn pipeline(p: &Project, file: &str, models: &str, with: &str) {
+    p.write(
+        file,
+        &format!(
+            "name: s\nworkdir: runs-{file}\nstages:\n  samples:\n    uses: sample\n    with:\n      \
+             seeds: 0-5\n      samples_per_shard: 3\n      batch: 3\n      models: [{models}]\n{with}"
+        ),
+    );
+}
+
+/// Issue 19: sampler settings are checked with the parameters (exit 2, before anything
+/// runs); guidance that cannot work fails with `strict: true`; the stages of a chain must
+/// agree on the label count; a non-finite image fails the shard naming its seeds.
+#[test]
+fn sampler_guidance_label_and_finiteness_checks() {
+    let p = project();
+    let cases = [
+        ("rho: -1", "rho = -1 must be > 0"),
+        ("num_steps: 0", "num_steps must be at least 1"),
+        ("s_noise: -0.5", "must be"),
+    ];
+    for (i, (setting, msg)) in cases.iter().enumerate() {
+        let file = format!("bad{i}.yaml");
+        pipeline(
+            &p,
+            &file,
+            "models/base, models/relay",
+            &format!("      stages: {{ models/base: {{ {setting} }} }}\n"),
+        );
+        let r = p.run(&["validate", &file]);
+        r.code(2);
+        assert!(r.stderr.contains(msg), "{setting}: {}", r.stderr);
+    }
+    // CFG on an unconditional stage: a warning, an error with strict.
+    let cfg = "      stages: { models/base: { num_steps: 3 }, models/relay: { num_steps: 8, cfg_scale: 2 } }\n";
+    pipeline(
+        &p,
+        "cfg.yaml",
+        "models/base, models/relay",
+        &format!("{cfg}      strict: true\n"),
+    );
+    let r = p.run(&["run", "cfg.yaml"]);
+    r.code(1);
+    assert!(r.stderr.contains("guidance does nothing"), "{}", r.stderr);
+    assert!(!p
+        .path()
+        .join("runs-cfg.yaml/samples/samples-000000.tar")
+        .exists());
+
+    // Label counts: a conditional base stage (3 classes) before an unconditional relay stage.
+    let cond = UnetConfig::tiny().with_resolution(8).with_label_dim(3);
+    model_dir_of(&p.path().join("models/base3"), &cond, None, 4);
+    pipeline(&p, "labels.yaml", "models/base3, models/relay", "");
+    let r = p.run(&["run", "labels.yaml"]);
+    r.code(1);
+    assert!(
+        r.stderr
+            .contains("label counts differ (`models/base3` 3, `models/relay` 0)"),
+        "{}",
+        r.stderr
+    );
+
+    // NaN weights: the first batch (seeds 0-2) fails, no shard is committed.
+    model_dir(&p.path().join("models/nan"), 16, Some(2), 2);
+    let w = p.path().join("models/nan/model.safetensors");
+    let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    let k = "model.out_conv.bias";
+    let nan = (t[k].ones_like().unwrap() * f64::NAN).unwrap();
+    t.insert(k.into(), nan);
+    candle_core::safetensors::save(&t, &w).unwrap();
+    pipeline(
+        &p,
+        "nan.yaml",
+        "models/base, models/nan",
+        "      stages: { models/base: { num_steps: 3 }, models/nan: { num_steps: 8 } }\n",
+    );
+    let r = p.run(&["run", "nan.yaml"]);
+    r.code(1);
+    assert!(
+        r.stderr.contains("non-finite") && r.stderr.contains("seed(s) [0, 1, 2]"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Issue 19: super-resolution, the relay stage alone from a folder of 8 px images plus
+/// noise. Every row names its start image; the noise is seeded per image (the same
+/// images twice), and it matters (noise 0 gives other images).
+#[test]
+fn relay_stage_alone_from_given_images() {
+    let p = project();
+    let low = p.path().join("low");
+    std::fs::create_dir_all(&low).unwrap();
+    for i in 0..6 {
+        let (img, _) = relay::data::shapes::render(5, i, 4, 8);
+        img.save(low.join(format!("img{i}.png"))).unwrap();
+    }
+    let stages = "      stages: { models/relay: { num_steps: 8 } }\n";
+    for (file, noise) in [("a.yaml", 0.1), ("b.yaml", 0.1), ("c.yaml", 0.0)] {
+        let init = format!("      init: {{ images: low, noise: {noise} }}\n");
+        pipeline(&p, file, "models/relay", &format!("{stages}{init}"));
+        p.run(&["run", file]).code(0);
+    }
+    let man = |f: &str| p.path().join(format!("runs-{f}/samples/manifest.parquet"));
+    let (cols, rows) = relay::manifest::read_rows(&man("a.yaml")).unwrap();
+    let c = |n: &str| cols.iter().position(|x| x == n).unwrap();
+    let sources: Vec<&str> = rows
+        .iter()
+        .map(|r| r[c("source")].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "img5.png"]
+    );
+    assert!(rows.iter().all(|r| r[c("resolution")].as_u64() == Some(16)));
+    assert_eq!(shas(&man("a.yaml")), shas(&man("b.yaml")));
+    assert_ne!(shas(&man("a.yaml")), shas(&man("c.yaml")));
+    // A base stage cannot start from images.
+    pipeline(&p, "d.yaml", "models/base", "      init: { images: low }\n");
+    let r = p.run(&["run", "d.yaml"]);
+    r.code(1);
+    assert!(r.stderr.contains("runs relay stages only"), "{}", r.stderr);
 }

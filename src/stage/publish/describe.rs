@@ -172,7 +172,7 @@ pub(super) fn describe_sample(
 ) -> anyhow::Result<SamplingEntry> {
     link_or_copy(&input.dir.join(PREVIEW_FILE), &out.join(PREVIEW_FILE))?;
     files.insert(PREVIEW_FILE.into(), entry_of(&out.join(PREVIEW_FILE))?);
-    let (mut images, mut nfe, mut resolution) = (None, None, None);
+    let (mut images, mut nfe, mut resolution, mut postprocess) = (None, None, None, None);
     let manifest = input.dir.join("manifest.parquet");
     if manifest.is_file() {
         let (cols, rows) = crate::manifest::read_rows(&manifest)
@@ -182,6 +182,7 @@ pub(super) fn describe_sample(
         if let Some(first) = rows.first() {
             nfe = col("nfe").and_then(|c| first[c].as_u64());
             resolution = col("resolution").and_then(|c| first[c].as_u64());
+            postprocess = col("postprocess").and_then(|c| first[c].as_str().map(str::to_string));
         }
     }
     Ok(SamplingEntry {
@@ -191,5 +192,6 @@ pub(super) fn describe_sample(
         nfe,
         resolution,
         preview: Some(PREVIEW_FILE.into()),
+        postprocess,
     })
 }

@@ -41,6 +41,8 @@
 //! | `up_scale`, `block_scale`, `prob_length`, `blur_sigma_max` | relay: BlurLoss settings | to/from, 0.15, 0.93, 3.0 |
 //! | `sampler` | sampler defaults stored in `config.json` (EDM or blur sampler fields) | CLI defaults |
 //! | `bf16` | bfloat16 network (CUDA builds only) | false |
+//! | `fp16` | float16 network as EDM's `--fp16` (CUDA devices only, checked when the stage runs; static `loss_scaling`, no dynamic scaler, as the reference) | false |
+//! | `augment` | EDM's non-leaky augmentation pipe at probability p with RDM's multipliers; its 9-dim vector conditions the network (`augment_dim` 9); 0 or null: off | null |
 //!
 //! Output: `model.safetensors` (EMA), `config.json`, `train_log.parquet`, `loss.png`,
 //! `samples.png` and `snapshots/`. The run record gets the cost: images seen, wall seconds,

@@ -124,4 +124,9 @@ pub(super) struct TrainParams {
     pub(super) sampler: Option<serde_yaml::Value>,
     #[serde(default)]
     pub(super) bf16: bool,
+    #[serde(default)]
+    pub(super) fp16: bool,
+    /// EDM's augmentation pipe at this probability (RDM's multipliers); 0 or null: off.
+    #[serde(default)]
+    pub(super) augment: Option<f64>,
 }

@@ -13,6 +13,7 @@ use crate::diffusion::loss::{BlurLoss, EdmLoss};
 use crate::model::config::PRESETS;
 use crate::model::UnetConfig;
 use crate::stage::{parse_params, ParamError};
+use crate::train::augment::AugmentPipe;
 use crate::train::{Duration, Objective, SamplerDefaults, TrainConfig};
 
 /// `v > 0` (false for NaN).
@@ -252,16 +253,37 @@ impl TrainParams {
         if self.preview_images > 0 && self.preview_steps == 0 {
             return Err(err("preview_steps", "`preview_steps` must be ≥ 1"));
         }
+        if self.bf16 && self.fp16 {
+            return Err(err("fp16", "set at most one of `bf16` and `fp16`"));
+        }
+        // fp16 is checked against the device when the stage runs: the paper templates set
+        // it, and a pipeline that only validates or plans must not fail on a CPU build.
         if self.bf16 && !cfg!(feature = "cuda") {
             return Err(err("bf16", "bf16 training needs a CUDA build")
                 .with_hint("build relay with `--features cuda`, or set `bf16: false`"));
         }
+        // `augment: p` turns on EDM's pipe with RDM's multipliers; 0 (or null) is off, as
+        // `train.py --augment=0`.
+        let augment = match self.augment {
+            None => None,
+            Some(p) if (0.0..=1.0).contains(&p) => (p > 0.0).then(|| AugmentPipe::rdm(p)),
+            Some(p) => {
+                return Err(err(
+                    "augment",
+                    format!("`augment` is a probability in [0, 1], got {p}"),
+                )
+                .with_hint("RDM trains CelebA-HQ with 0.2 and ImageNet with 0.12"))
+            }
+        };
         let mut model = if model.img_resolution == res {
             model
         } else {
             model.with_resolution(res)
         };
         model.label_dim = label_dim;
+        if let Some(pipe) = &augment {
+            model.augment_dim = pipe.label_dim();
+        }
         if let Some(p) = self.dropout {
             model.dropout = p;
         }
@@ -313,6 +335,8 @@ impl TrainParams {
             preview_steps: self.preview_steps,
             sampler,
             bf16: self.bf16,
+            fp16: self.fp16,
+            augment,
         })
     }
 }
