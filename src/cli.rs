@@ -1,5 +1,7 @@
 //! The command line: clap definitions and what each subcommand does.
 
+mod metrics;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -61,6 +63,13 @@ pub enum Command {
     Kinds,
     /// Hand a sample stage's output to standard evaluators (ADM .npz, EDM PNG folders).
     Export(ExportArgs),
+    /// FID, sFID, IS, precision and recall of samples against a reference (FID Inception-v3).
+    Metrics(metrics::MetricsArgs),
+    /// Write an ADM reference batch (mu, sigma, mu_s, sigma_s) for a set of images.
+    Stats(metrics::StatsArgs),
+    /// The experiment table: one row per evaluated stage instance, with its matrix values,
+    /// changed parameters, metrics, cost and status.
+    Show(metrics::ShowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +197,32 @@ pub enum BenchCommand {
         #[arg(long)]
         bf16: bool,
     },
+    /// FID Inception-v3 images/s and FID's matrix square root at 2048x2048, beside
+    /// pytorch-fid and scipy (benches/torch_fid.py) on the same images, weights, batch and
+    /// threads. CPU threads: RAYON_NUM_THREADS (default: all cores).
+    Metrics {
+        /// Images (synthetic shapes).
+        #[arg(long, default_value_t = 64)]
+        count: usize,
+        /// Their side in pixels (resized to 299 by the network).
+        #[arg(long, default_value_t = 64)]
+        side: u32,
+        /// Images per forward.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Timed passes over the images (after one warm-up batch).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// Scratch folder for the images, weights and covariances.
+        #[arg(long, default_value = "target/bench-metrics")]
+        dir: PathBuf,
+        /// The Python for the peer (default: target/metrics-torch/venv, then python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// All-reduce a gradient-sized buffer over the data-parallel ranks with NCCL, check the
     /// sum and print the bandwidth. Launch one process per GPU (torchrun / srun set RANK,
     /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); one process checks NCCL on one
@@ -303,6 +338,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Metrics(a) => metrics::metrics(&a),
+        Command::Stats(a) => metrics::stats(&a),
+        Command::Show(a) => metrics::show(&a),
         Command::Model(ModelCommand::Info { name }) => {
             print!("{}", crate::model::report(&name)?);
             Ok(0)
@@ -336,6 +374,29 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             bf16,
         }) => {
             let b = crate::bench::model(&config, batch, steps, resolution, &device, bf16)?;
+            println!("{}", b.table());
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Metrics {
+            count,
+            side,
+            batch,
+            rounds,
+            device,
+            dir,
+            python,
+        }) => {
+            let dev = device.device()?;
+            let b = crate::metrics::bench::run(
+                &dir,
+                &dev,
+                &device.describe(),
+                count,
+                side,
+                batch,
+                rounds,
+                python,
+            )?;
             println!("{}", b.table());
             Ok(0)
         }

@@ -13,6 +13,7 @@
 //! * [`model`]: the ADM U-Net in candle.
 //! * [`data`]: images, WebDataset shards, dataset descriptors.
 //! * [`manifest`]: Arrow schemas and Parquet readers/writers.
+//! * [`metrics`]: FID, sFID, IS, precision and recall on the FID Inception-v3.
 
 pub mod bench;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod diffusion;
 pub mod exec;
 pub mod hub;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod sample;

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod fresh;
 pub mod progress;
 pub mod record;
+pub mod show;
 pub mod slurm;
 
 use std::path::{Path, PathBuf};

@@ -252,6 +252,14 @@ impl StageKind for Publish {
             Some(input) => Some(describe_sample(input, &cx.out, &mut files)?),
             None => None,
         };
+        let mut metrics = Vec::new();
+        for input in cx
+            .inputs
+            .iter()
+            .filter(|i| i.dir.join(METRICS_FILE).is_file())
+        {
+            metrics.extend(describe_metrics(input)?);
+        }
 
         // 3. Card and config.
         let location = match (&p.repo, &p.local) {
@@ -273,6 +281,7 @@ impl StageKind for Publish {
             chain: stages.iter().map(|s| s.folder.clone()).collect(),
             stages,
             sampling,
+            metrics,
             license: p.license.clone(),
             datasets: p.datasets.clone(),
             files,
@@ -408,7 +417,7 @@ fn pick_inputs<'a>(
             models.push(i);
         } else if is_sample(i) && sample.is_none() {
             sample = Some(i);
-        } else if !p.stages.is_empty() {
+        } else if !p.stages.is_empty() && !i.dir.join(METRICS_FILE).is_file() {
             bail!(
                 "stage `{}` ({}) has neither a {WEIGHTS} nor a {PREVIEW_FILE}: only trained stages and sample stages can be published",
                 i.name,
@@ -602,6 +611,49 @@ fn describe_sample(
         resolution,
         preview: Some(PREVIEW_FILE.into()),
     })
+}
+
+/// The file a `metrics` stage writes.
+const METRICS_FILE: &str = "metrics.json";
+
+/// The card entries of a `metrics` stage: one per sample set it evaluated.
+fn describe_metrics(input: &Input) -> anyhow::Result<Vec<card::MetricsEntry>> {
+    let path = input.dir.join(METRICS_FILE);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    // One sample set: the object itself; several: an object per sample instance.
+    let sets: Vec<&Value> = if doc.get("count").is_some() {
+        vec![&doc]
+    } else {
+        doc.as_object()
+            .map(|o| o.values().collect())
+            .unwrap_or_default()
+    };
+    Ok(sets
+        .into_iter()
+        .map(|m| {
+            let r = &m["reference"];
+            let reference = ["npz", "images", "stage"]
+                .iter()
+                .find_map(|k| r.get(*k).and_then(Value::as_str))
+                .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+                .unwrap_or_else(|| "reference".into());
+            card::MetricsEntry {
+                stage: input.name.clone(),
+                samples: m["samples"].as_str().unwrap_or_default().to_string(),
+                count: m["count"].as_u64().unwrap_or(0),
+                reference,
+                values: ["fid", "sfid", "inception_score", "precision", "recall"]
+                    .iter()
+                    .filter_map(|k| {
+                        m.get(*k)
+                            .and_then(Value::as_f64)
+                            .map(|v| (k.to_string(), v))
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
 }
 
 /// A folder name for a stage instance (`relay@block_scale=0.15` → `relay-block_scale-0.15`).
