@@ -14,6 +14,7 @@ Writes, under tests/data/metrics/:
   evaluator does: 2023) and the logits as ADM's evaluator takes them (pool3 @ fc.weight^T,
   the graph's `softmax/logits/MatMul`, no bias), from the same network run in float64; the
   metadata keeps how far pytorch-fid's own float32 run is from those.
+* legacy.pth: a tiny state dict in torch.save's pre-1.6 format (the weights reader's test).
 * stats.json: FID (scipy.linalg.sqrtm, as pytorch-fid and ADM's evaluator), Inception
   Score (ADM's splits) and precision/recall counts (ADM's k = 3 manifold radii, float64
   distances) on feature sets that relay regenerates from the same formula.
@@ -25,6 +26,7 @@ The weights are not stored (pytorch-fid's real file is ~95 MB; these would be as
 Without them it makes a venv under target/metrics-torch/ and installs them from PyPI
 (CPU is enough).
 """
+import collections
 import copy
 import json
 import os
@@ -57,7 +59,6 @@ ensure_deps()
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 import pytorch_fid.inception as pfi  # noqa: E402
@@ -336,6 +337,11 @@ def main():
     with open(os.path.join(OUT, "stats.json"), "w") as f:
         json.dump(stats_vectors(), f, indent=1)
         f.write("\n")
+    # A tiny state dict in torch.save's legacy (pre-1.6) format, with a view into a shared
+    # storage at an offset (relay's legacy reader: src/model/inception/weights.rs).
+    x = torch.arange(10.0)
+    torch.save(collections.OrderedDict(w=x[2:8].view(2, 3), v=x, d=torch.arange(3, dtype=torch.float64)),
+               os.path.join(OUT, "legacy.pth"), _use_new_zipfile_serialization=False)
     print("wrote", OUT)
 
 

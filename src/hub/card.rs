@@ -599,6 +599,16 @@ mod tests {
         }
     }
 
+    fn front_matter_of(card: &str) -> serde_yaml::Value {
+        let fm = card
+            .strip_prefix("---\n")
+            .unwrap()
+            .split("\n---\n")
+            .next()
+            .unwrap();
+        serde_yaml::from_str(fm).unwrap()
+    }
+
     #[test]
     fn card_has_front_matter_lineage_cost_and_sampling() {
         let c = cfg();
@@ -609,13 +619,7 @@ mod tests {
                 revision: "main".into(),
             },
         );
-        let fm = text
-            .strip_prefix("---\n")
-            .unwrap()
-            .split("\n---\n")
-            .next()
-            .unwrap();
-        let y: serde_yaml::Value = serde_yaml::from_str(fm).unwrap();
+        let y = front_matter_of(&text);
         assert_eq!(y["library_name"], "relay");
         assert_eq!(y["license"], "apache-2.0");
         assert_eq!(y["datasets"][0], "celebahq");
@@ -654,13 +658,7 @@ mod tests {
             values: [("fid".to_string(), 3.25), ("recall".to_string(), 0.5)].into(),
         });
         let text = model_card(&c, &Location::Local("out".into()));
-        let fm = text
-            .strip_prefix("---\n")
-            .unwrap()
-            .split("\n---\n")
-            .next()
-            .unwrap();
-        let y: serde_yaml::Value = serde_yaml::from_str(fm).unwrap();
+        let y = front_matter_of(&text);
         let r = &y["model-index"][0]["results"][0];
         assert_eq!(r["metrics"][0]["type"], "fid");
         assert_eq!(r["metrics"][0]["value"], 3.25);

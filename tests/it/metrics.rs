@@ -292,30 +292,24 @@ fn cli_metrics_and_stats_agree() {
     // Statistics of b as a reference batch without images.
     p.run(&["stats", "b.npz", "--inception", &w, "--out", "ref.npz"])
         .code(0);
-    let r = p.run(&[
-        "metrics",
-        "a.npz",
-        "--reference",
-        "ref.npz",
-        "--inception",
-        &w,
-        "--metrics",
-        "fid,sfid",
-        "--json",
-    ]);
-    r.code(0);
-    let from_stats: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let r = p.run(&[
-        "metrics",
-        "a.npz",
-        "--reference",
-        "b.npz",
-        "--inception",
-        &w,
-        "--json",
-    ]);
-    r.code(0);
-    let from_images: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let metrics = |reference: &str, more: &[&str]| {
+        let mut args = vec![
+            "metrics",
+            "a.npz",
+            "--reference",
+            reference,
+            "--inception",
+            &w,
+        ];
+        args.extend_from_slice(more);
+        p.run(&args)
+    };
+    let json = |r: crate::common::Run| -> serde_json::Value {
+        r.code(0);
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    let from_stats = json(metrics("ref.npz", &["--metrics", "fid,sfid", "--json"]));
+    let from_images = json(metrics("b.npz", &["--json"]));
     let (x, y) = (
         from_stats["fid"].as_f64().unwrap(),
         from_images["fid"].as_f64().unwrap(),
@@ -323,16 +317,7 @@ fn cli_metrics_and_stats_agree() {
     assert!((x - y).abs() <= 1e-9 * y.abs(), "{x} vs {y}");
     assert!(from_images["precision"].is_number() && from_images["inception_score"].is_number());
     // Without precision/recall, a reference batch without `arr_0` is enough; with them, not.
-    let r = p.run(&[
-        "metrics",
-        "a.npz",
-        "--reference",
-        "ref.npz",
-        "--inception",
-        &w,
-        "--metrics",
-        "precision",
-    ]);
+    let r = metrics("ref.npz", &["--metrics", "precision"]);
     r.code(2);
     assert!(
         r.stderr.contains("ref.npz") && r.stderr.contains("arr_0"),
