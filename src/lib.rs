@@ -15,6 +15,7 @@
 //! * [`manifest`]: Arrow schemas and Parquet readers/writers.
 //! * [`metrics`]: FID, sFID, IS, precision and recall on the FID Inception-v3.
 
+pub mod base;
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -264,7 +264,7 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<i32> {
 /// `relay show`.
 pub fn show(a: &ShowArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&a.pipeline)?;
-    let records = crate::exec::record::read_all(&plan.spec.workdir);
+    let records = crate::base::record::read_all(&plan.spec.workdir);
     let t = crate::exec::show::table(&plan, &records, a.all);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&t.json())?);

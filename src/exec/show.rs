@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::record::Record;
+use crate::base::record::Record;
 use crate::plan::Plan;
 
 /// Metric keys in the order shown.

@@ -131,7 +131,8 @@ pub fn read_reference_npz(
 ) -> Result<(Option<Gaussian>, Option<Gaussian>, bool), MetricsError> {
     let mut z = Npz::open(path)?;
     let has_images = z.has("arr_0");
-    if !(z.has("mu") && z.has("sigma")) && !has_images {
+    let has_stats = z.has("mu") && z.has("sigma");
+    if !has_stats && !has_images {
         return Err(MetricsError::BadInput(format!(
             "{} is not an ADM reference batch: it has neither `mu`/`sigma` (statistics) nor `arr_0` (images); its arrays: {}",
             path.display(),

@@ -40,6 +40,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod inception;
 pub mod info;
+pub mod layers;
 pub mod ops;
 pub mod precond;
 pub mod structure;

@@ -150,7 +150,7 @@ impl StageKind for Metrics {
                 return Ok(uri.pinned(&commit));
             }
             let path = cx.pipeline_dir.join(spec);
-            crate::exec::fresh::digest_path(&path)
+            crate::base::digest::digest_path(&path)
                 .with_context(|| format!("`{spec}` ({}) cannot be read", path.display()))
         };
         let mut extra = Map::new();
@@ -192,7 +192,7 @@ impl StageKind for Metrics {
         let mut sets: Vec<(String, ImageSource, PathBuf)> = Vec::new();
         if let Some(s) = &p.samples {
             let path = cx.resolve_path(s);
-            let digest = crate::exec::fresh::digest_path(&path)
+            let digest = crate::base::digest::digest_path(&path)
                 .with_context(|| format!("`samples: {s}`"))?;
             sets.push((
                 s.clone(),
@@ -221,7 +221,7 @@ impl StageKind for Metrics {
         let (reference, ref_store) = if is_path(&p.reference) {
             let r = crate::hub::resolve_local_or_hf(&p.reference, &cx.pipeline_dir, None)?;
             let path = r.path().to_path_buf();
-            let digest = crate::exec::fresh::digest_path(&path)
+            let digest = crate::base::digest::digest_path(&path)
                 .with_context(|| format!("`reference: {}` ({})", p.reference, path.display()))?;
             if path.is_dir() {
                 let src = ImageSource::open(&path, resolution).map_err(fail)?;

@@ -60,7 +60,7 @@ fn read_legacy(path: &Path) -> Result<HashMap<String, Tensor>> {
     use candle_core::pickle::{Object, Stack};
     use std::io::{BufReader, Seek, SeekFrom};
     let mut r = BufReader::new(std::fs::File::open(path)?);
-    let mut next = |r: &mut BufReader<std::fs::File>| -> Result<Object> {
+    let next = |r: &mut BufReader<std::fs::File>| -> Result<Object> {
         let mut s = Stack::empty();
         s.read_loop(r)?;
         s.finalize()
@@ -106,7 +106,10 @@ fn read_legacy(path: &Path) -> Result<HashMap<String, Tensor>> {
             bail!("`{}` is not contiguous", info.name);
         }
         r.seek(SeekFrom::Start(start + info.layout.start_offset() as u64))?;
-        let t = Tensor::from_reader(info.layout.shape().clone(), info.dtype, &mut r)?;
+        let shape = info.layout.shape().clone();
+        let mut bytes = vec![0u8; shape.elem_count() * info.dtype.size_in_bytes()];
+        r.read_exact(&mut bytes)?;
+        let t = Tensor::from_raw_buffer(&bytes, info.dtype, shape.dims(), &Device::Cpu)?;
         out.insert(info.name, t);
     }
     Ok(out)
