@@ -13,7 +13,10 @@ mixes), then computes the FID between them twice:
 It also prints the FID from pytorch-fid's statistics through the symmetric eigenvalue
 formula relay uses, which separates network differences from sqrtm differences.
 
-    python3 scripts/compare-fid.py RELAY_BINARY WEIGHTS [COUNT]
+    python3 scripts/compare-fid.py RELAY_BINARY WEIGHTS [COUNT [RELAY_WEIGHTS]]
+
+RELAY_WEIGHTS: the same weights in another file for relay (e.g. a .pth written by
+torch.save from WEIGHTS, to check the .pth reader).
 """
 import json
 import os
@@ -65,6 +68,7 @@ def eig_fid(m1, s1, m2, s2):
 def main():
     relay, weights = sys.argv[1], sys.argv[2]
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 300
+    relay_weights = sys.argv[4] if len(sys.argv) > 4 else weights
     out = os.path.join(ROOT, "target", "compare-fid")
     a = folder(os.path.join(out, "a"), count, seed=11)
     b = folder(os.path.join(out, "b"), count, seed=12)
@@ -80,7 +84,7 @@ def main():
     theirs = float(fs.calculate_frechet_distance(m1, s1, m2, s2))
     eig = eig_fid(m1.astype(np.float64), s1, m2.astype(np.float64), s2)
     r = subprocess.run([relay, "metrics", os.path.join(out, "a"), "--reference", os.path.join(out, "b"),
-                        "--inception", weights, "--metrics", "fid", "--json", "--device", "cpu"],
+                        "--inception", relay_weights, "--metrics", "fid", "--json", "--device", "cpu"],
                        check=True, capture_output=True, text=True)
     ours = json.loads(r.stdout)["fid"]
     print(f"| images per set | pytorch-fid FID (scipy sqrtm) | pytorch-fid stats, eigenvalue formula | relay FID | relay / pytorch-fid − 1 |")

@@ -14,7 +14,7 @@ Writes, under tests/data/metrics/:
   evaluator does: 2023) and the logits as ADM's evaluator takes them (pool3 @ fc.weight^T,
   the graph's `softmax/logits/MatMul`, no bias), from the same network run in float64; the
   metadata keeps how far pytorch-fid's own float32 run is from those.
-* legacy.pth: a tiny state dict in torch.save's pre-1.6 format (the weights reader's test).
+* legacy.pth, zip.pth: a tiny state dict in torch.save's two formats (the .pth reader's test).
 * stats.json: FID (scipy.linalg.sqrtm, as pytorch-fid and ADM's evaluator), Inception
   Score (ADM's splits) and precision/recall counts (ADM's k = 3 manifold radii, float64
   distances) on feature sets that relay regenerates from the same formula.
@@ -340,8 +340,9 @@ def main():
     # A tiny state dict in torch.save's legacy (pre-1.6) format, with a view into a shared
     # storage at an offset (relay's legacy reader: src/model/inception/weights.rs).
     x = torch.arange(10.0)
-    torch.save(collections.OrderedDict(w=x[2:8].view(2, 3), v=x, d=torch.arange(3, dtype=torch.float64)),
-               os.path.join(OUT, "legacy.pth"), _use_new_zipfile_serialization=False)
+    small = collections.OrderedDict(w=x[2:8].view(2, 3), v=x, d=torch.arange(3, dtype=torch.float64))
+    torch.save(small, os.path.join(OUT, "legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save(small, os.path.join(OUT, "zip.pth"))
     print("wrote", OUT)
 
 

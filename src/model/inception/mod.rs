@@ -23,6 +23,7 @@
 //! tests and benchmarks. Batch norms are folded into the convolutions when loading.
 
 pub mod blocks;
+pub mod pth;
 pub mod synthetic;
 pub mod weights;
 

@@ -1,7 +1,6 @@
 //! The FID Inception's weights on disk: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
-//! (a PyTorch state dict: the zip format through candle's reader, the legacy pre-1.6 format
-//! through candle's pickle machine and [`read_legacy`]) or a `.safetensors` with the same
-//! tensor names. The only file of the network that touches paths.
+//! (a PyTorch state dict, zip or legacy format: [`super::pth`]) or a `.safetensors` with the
+//! same tensor names. With [`super::pth`], the only files of the network that touch paths.
 //!
 //! A file of another network is refused before anything runs, with a message that names the
 //! file and what is wrong with it (torchvision's ImageNet Inception-v3 has the same layer
@@ -34,14 +33,12 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     let magic = &magic[..n];
     if magic.starts_with(b"PK") {
-        // torch.save's zip format (PyTorch >= 1.6): a pickled dict and one file per storage.
-        let tensors = candle_core::pickle::read_all(path)
-            .with_context(|| format!("{} is a zip but not a PyTorch state dict", path.display()))?;
-        return Ok(tensors.into_iter().collect());
+        return super::pth::read_zip(path)
+            .with_context(|| format!("{} is a zip but not a PyTorch state dict", path.display()));
     }
     // The legacy format starts with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
     if magic.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
-        return read_legacy(path)
+        return super::pth::read_legacy(path)
             .with_context(|| format!("{} is not a readable legacy PyTorch file", path.display()));
     }
     candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
@@ -50,69 +47,6 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
             path.display()
         )
     })
-}
-
-/// `torch.save`'s format before PyTorch 1.6 (what pytorch-fid's 2019 weights file may use):
-/// five pickles — magic number, protocol, system info, the state dict (tensors refer to
-/// storages by key), the sorted storage keys — then each storage as its element count
-/// (u64, little-endian) and its raw bytes.
-fn read_legacy(path: &Path) -> Result<HashMap<String, Tensor>> {
-    use candle_core::pickle::{Object, Stack};
-    use std::io::{BufReader, Seek, SeekFrom};
-    let mut r = BufReader::new(std::fs::File::open(path)?);
-    let next = |r: &mut BufReader<std::fs::File>| -> Result<Object> {
-        let mut s = Stack::empty();
-        s.read_loop(r)?;
-        s.finalize()
-    };
-    for _ in 0..3 {
-        next(&mut r)?;
-    }
-    let Object::Dict(entries) = next(&mut r)? else {
-        bail!("its object is not a state dict");
-    };
-    let infos = entries
-        .into_iter()
-        .filter_map(|(k, v)| v.into_tensor_info(k, Path::new("")).transpose())
-        .collect::<Result<Vec<_>>>()?;
-    let keys: Vec<String> = match next(&mut r)? {
-        Object::List(v) | Object::Tuple(v) => {
-            v.into_iter().filter_map(|k| k.unicode().ok()).collect()
-        }
-        _ => bail!("no list of storage keys after the state dict"),
-    };
-    // Where each storage's bytes start.
-    let mut starts = HashMap::new();
-    for key in keys {
-        let mut n = [0u8; 8];
-        r.read_exact(&mut n)?;
-        let size = infos
-            .iter()
-            .find(|i| i.path.trim_start_matches('/') == key)
-            .map_or(1, |i| i.dtype.size_in_bytes());
-        let start = r.stream_position()?;
-        starts.insert(key, start);
-        r.seek(SeekFrom::Current(
-            (u64::from_le_bytes(n) as usize * size) as i64,
-        ))?;
-    }
-    let mut out = HashMap::new();
-    for info in infos {
-        let key = info.path.trim_start_matches('/');
-        let start = *starts
-            .get(key)
-            .with_context(|| format!("no storage `{key}` for `{}`", info.name))?;
-        if !info.layout.is_contiguous() {
-            bail!("`{}` is not contiguous", info.name);
-        }
-        r.seek(SeekFrom::Start(start + info.layout.start_offset() as u64))?;
-        let shape = info.layout.shape().clone();
-        let mut bytes = vec![0u8; shape.elem_count() * info.dtype.size_in_bytes()];
-        r.read_exact(&mut bytes)?;
-        let t = Tensor::from_raw_buffer(&bytes, info.dtype, shape.dims(), &Device::Cpu)?;
-        out.insert(info.name, t);
-    }
-    Ok(out)
 }
 
 /// Check that `tensors` are the FID Inception's (names and shapes of the signature layers,
@@ -208,18 +142,6 @@ pub fn load(path: &Path, device: &Device) -> Result<FidInception> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_legacy_pytorch_format() {
-        // torch.save(OrderedDict(w=x[2:8].view(2, 3), v=x, d=arange(3, dtype=float64)), ...,
-        // _use_new_zipfile_serialization=False) with x = arange(10.) (the vectors script).
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics/legacy.pth");
-        let t = read(Path::new(path)).unwrap();
-        let w: Vec<Vec<f32>> = t["w"].to_vec2().unwrap();
-        assert_eq!(w, vec![vec![2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0]]);
-        assert_eq!(t["v"].dims(), &[10]);
-        assert_eq!(t["d"].to_vec1::<f64>().unwrap(), vec![0.0, 1.0, 2.0]);
-    }
 
     #[test]
     fn refuses_other_networks_by_name() {
