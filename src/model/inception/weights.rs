@@ -33,8 +33,15 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     let magic = &magic[..n];
     if magic.starts_with(b"PK") {
-        return super::pth::read_zip(path)
-            .with_context(|| format!("{} is a zip but not a PyTorch state dict", path.display()));
+        return super::pth::read_zip(path).with_context(|| {
+            format!(
+                "{} is a zip that relay cannot read as a PyTorch state dict; if it is one, \
+                 convert it once: python -c \"import torch; from safetensors.torch import \
+                 save_file; save_file(torch.load('{}'), 'fid.safetensors')\"",
+                path.display(),
+                path.display()
+            )
+        });
     }
     // The legacy format starts with a pickled magic number: PROTO 2, LONG1 of 10 bytes.
     if magic.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
