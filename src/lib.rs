@@ -13,7 +13,7 @@
 //! | running | [`exec`] (drain loop, commits, records, Slurm), [`bench`] |
 //! | planning | [`plan`] (validated DAG, matrix fan-out), then [`spec`] (the YAML) |
 //! | stage kinds | [`stage`]: the only place where several libraries meet |
-//! | libraries | [`train`], [`sample`] (use the ones below), [`hub`], [`data`], [`manifest`], [`model`], [`diffusion`] |
+//! | libraries | [`train`], [`sample`], [`metrics`] (use the ones below), [`hub`], [`data`], [`manifest`], [`model`], [`diffusion`] |
 //! | shared bottom | [`base`] (cancellation, digests, run records, locks), [`device`], [`util`] |
 //!
 //! * [`exec`] drives the executor on tokio; [`hub`] drives hf-hub's async client on its own
@@ -30,6 +30,7 @@ pub mod diffusion;
 pub mod exec;
 pub mod hub;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod sample;

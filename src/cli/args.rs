@@ -134,6 +134,32 @@ pub enum BenchCommand {
         #[arg(long)]
         bf16: bool,
     },
+    /// FID Inception-v3 images/s and FID's matrix square root at 2048x2048, beside
+    /// pytorch-fid and scipy (benches/torch_fid.py) on the same images, weights, batch and
+    /// threads. CPU threads: RAYON_NUM_THREADS (default: all cores).
+    Metrics {
+        /// Images (synthetic shapes).
+        #[arg(long, default_value_t = 64)]
+        count: usize,
+        /// Their side in pixels (resized to 299 by the network).
+        #[arg(long, default_value_t = 64)]
+        side: u32,
+        /// Images per forward.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Timed passes over the images (after one warm-up batch).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// Scratch folder for the images, weights and covariances.
+        #[arg(long, default_value = "target/bench-metrics")]
+        dir: PathBuf,
+        /// The Python for the peer (default: target/metrics-torch/venv, then python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// All-reduce a gradient-sized buffer over the data-parallel ranks with NCCL, check the
     /// sum and print the bandwidth. Launch one process per GPU (torchrun / srun set RANK,
     /// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); one process checks NCCL on one

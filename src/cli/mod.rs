@@ -8,10 +8,12 @@
 //! | [`slurm`] | `run --executor slurm`, `cancel` |
 //! | [`print`] | the tables: plan, run summary, status |
 //! | [`tools`] | `validate`, `graph`, `export`, `model`, `bench`, `kinds` |
+//! | [`metrics`] | `metrics`, `stats`, `show` (the experiment table) |
 //!
 //! `main.rs` only parses, calls [`dispatch`], prints the error chain and picks the exit code.
 
 mod args;
+mod metrics;
 mod print;
 mod run;
 mod slurm;
@@ -78,6 +80,13 @@ pub enum Command {
     Kinds,
     /// Hand a sample stage's output to standard evaluators (ADM .npz, EDM PNG folders).
     Export(ExportArgs),
+    /// FID, sFID, IS, precision and recall of samples against a reference (FID Inception-v3).
+    Metrics(metrics::MetricsArgs),
+    /// Write an ADM reference batch (mu, sigma, mu_s, sigma_s) for a set of images.
+    Stats(metrics::StatsArgs),
+    /// The experiment table: one row per evaluated stage instance, with its matrix values,
+    /// changed parameters, metrics, cost and status.
+    Show(metrics::ShowArgs),
 }
 
 /// An error caused by the user's input (exit code 2).
@@ -109,5 +118,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Model(m) => tools::model(m),
         Command::Bench(b) => tools::bench(b),
         Command::Kinds => tools::kinds(),
+        Command::Metrics(a) => metrics::metrics(&a),
+        Command::Stats(a) => metrics::stats(&a),
+        Command::Show(a) => metrics::show(&a),
     }
 }

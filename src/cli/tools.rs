@@ -82,6 +82,28 @@ pub fn bench(b: BenchCommand) -> anyhow::Result<i32> {
             let b = crate::bench::model(&config, batch, steps, resolution, &device, bf16)?;
             println!("{}", b.table());
         }
+        BenchCommand::Metrics {
+            count,
+            side,
+            batch,
+            rounds,
+            device,
+            dir,
+            python,
+        } => {
+            let dev = device.device()?;
+            let b = crate::metrics::bench::run(
+                &dir,
+                &dev,
+                &device.describe(),
+                count,
+                side,
+                batch,
+                rounds,
+                python,
+            )?;
+            println!("{}", b.table());
+        }
         BenchCommand::Allreduce { millions, reps } => {
             println!("{}", crate::bench::allreduce(millions, reps)?);
         }

@@ -9,6 +9,7 @@
 //!   the exact integer box (patch-mean) downsampling used for relay pairs.
 //! * [`transform`] — `center-crop` (EDM), `center-crop-adm` (ADM), `center-crop-wide`, none.
 //! * [`shapes`] — the synthetic, seeded dataset of coloured shapes.
+//! * [`npy`] — NumPy `.npy` / `.npz` arrays (the evaluators' formats), streaming.
 //! * [`tar`] — a byte-reproducible tar shard writer and a member index for reading.
 //! * [`wds`] — reading shards through the `webdataset` crate.
 //! * [`descriptor`] — `datasets/*.yaml`.
@@ -23,6 +24,7 @@
 pub mod bench;
 pub mod descriptor;
 pub mod image;
+pub mod npy;
 pub mod pairs;
 pub mod prep;
 pub mod resample;

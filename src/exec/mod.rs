@@ -29,6 +29,7 @@ pub mod progress;
 pub mod queue;
 pub mod report;
 mod runtime;
+pub mod show;
 pub mod slurm;
 
 use std::path::{Path, PathBuf};

@@ -99,6 +99,29 @@ pub struct SamplingEntry {
     pub postprocess: Option<String>,
 }
 
+/// The numbers of a `metrics` stage, shown in the card and as `model-index` results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsEntry {
+    /// The metrics stage and the sample stage it evaluated.
+    pub stage: String,
+    pub samples: String,
+    /// Samples evaluated.
+    pub count: u64,
+    /// What they were compared with (a reference batch file, a data stage).
+    pub reference: String,
+    /// `fid`, `sfid`, `inception_score`, `precision`, `recall`.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// Hub metric types and display names of relay's metric keys.
+const METRIC_NAMES: [(&str, &str, &str); 5] = [
+    ("fid", "fid", "FID"),
+    ("sfid", "sfid", "sFID"),
+    ("inception_score", "inception_score", "Inception Score"),
+    ("precision", "precision", "Precision"),
+    ("recall", "recall", "Recall"),
+];
+
 /// The repo-level `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -121,6 +144,9 @@ pub struct RepoConfig {
     pub stages: Vec<StageEntry>,
     #[serde(default)]
     pub sampling: Option<SamplingEntry>,
+    /// Results of the `metrics` stages published with the release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricsEntry>,
     pub license: String,
     #[serde(default)]
     pub datasets: Vec<String>,
@@ -344,6 +370,29 @@ pub fn model_card(cfg: &RepoConfig, at: &Location) -> String {
     b.push_str(&serde_json::to_string_pretty(&defaults).unwrap_or_default());
     b.push_str("\n```\n\n");
 
+    // Metrics.
+    if !cfg.metrics.is_empty() {
+        b.push_str("## Metrics\n\n");
+        b.push_str("ADM's evaluator's metrics on the FID Inception-v3 (pytorch-fid's port), computed by relay's `metrics` stage.\n\n");
+        b.push_str("| samples | images | reference | FID | sFID | IS | precision | recall |\n|---|---|---|---|---|---|---|---|\n");
+        for m in &cfg.metrics {
+            let v = |k: &str| m.values.get(k).map_or("-".into(), |x| format!("{x:.4}"));
+            let _ = writeln!(
+                b,
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+                m.samples,
+                group_digits(m.count),
+                m.reference,
+                v("fid"),
+                v("sfid"),
+                v("inception_score"),
+                v("precision"),
+                v("recall")
+            );
+        }
+        b.push('\n');
+    }
+
     // Use.
     let models: Vec<String> = cfg.chain.iter().map(|f| at.model_ref(f)).collect();
     b.push_str(DIFFERENCES);
@@ -406,6 +455,9 @@ fn front_matter(cfg: &RepoConfig, conditional: bool) -> String {
             Y::Sequence(cfg.datasets.iter().map(|d| d.clone().into()).collect()),
         );
     }
+    if !cfg.metrics.is_empty() {
+        m.insert("model-index".into(), model_index(cfg, conditional));
+    }
     let stages: Vec<Value> = cfg
         .stages
         .iter()
@@ -436,6 +488,42 @@ fn front_matter(cfg: &RepoConfig, conditional: bool) -> String {
         serde_yaml::to_value(drop_nulls(relay)).unwrap_or(Y::Null),
     );
     serde_yaml::to_string(&m).unwrap_or_default()
+}
+
+/// The Hub's `model-index`: one result per metrics stage, naming the reference and the
+/// sample count.
+fn model_index(cfg: &RepoConfig, conditional: bool) -> serde_yaml::Value {
+    let task = if conditional {
+        "image-generation"
+    } else {
+        "unconditional-image-generation"
+    };
+    let results: Vec<Value> = cfg
+        .metrics
+        .iter()
+        .map(|m| {
+            let metrics: Vec<Value> = METRIC_NAMES
+                .iter()
+                .filter_map(|(key, ty, name)| {
+                    m.values.get(*key).map(|v| {
+                        serde_json::json!({
+                            "type": ty,
+                            "value": v,
+                            "name": format!("{name} ({} samples vs {})", group_digits(m.count), m.reference),
+                        })
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "task": { "type": task },
+                "dataset": { "name": m.reference, "type": m.reference },
+                "metrics": metrics,
+                "source": { "name": format!("relay metrics stage `{}` on `{}`", m.stage, m.samples) },
+            })
+        })
+        .collect();
+    let index = serde_json::json!([{ "name": cfg.pipeline, "results": results }]);
+    serde_yaml::to_value(index).unwrap_or(serde_yaml::Value::Null)
 }
 
 /// Remove `null` members (keeps the front matter short).
@@ -531,10 +619,21 @@ mod tests {
                 },
             }],
             sampling: None,
+            metrics: vec![],
             license: "apache-2.0".into(),
             datasets: vec!["celebahq".into()],
             files,
         }
+    }
+
+    fn front_matter_of(card: &str) -> serde_yaml::Value {
+        let fm = card
+            .strip_prefix("---\n")
+            .unwrap()
+            .split("\n---\n")
+            .next()
+            .unwrap();
+        serde_yaml::from_str(fm).unwrap()
     }
 
     #[test]
@@ -547,13 +646,7 @@ mod tests {
                 revision: "main".into(),
             },
         );
-        let fm = text
-            .strip_prefix("---\n")
-            .unwrap()
-            .split("\n---\n")
-            .next()
-            .unwrap();
-        let y: serde_yaml::Value = serde_yaml::from_str(fm).unwrap();
+        let y = front_matter_of(&text);
         assert_eq!(y["library_name"], "relay");
         assert_eq!(y["license"], "apache-2.0");
         assert_eq!(y["datasets"][0], "celebahq");
@@ -579,6 +672,32 @@ mod tests {
         );
         assert!(text.contains("models: [hf://me/rdm/base]"), "{text}");
         assert!(text.contains(&"f".repeat(64)));
+    }
+
+    #[test]
+    fn metrics_become_model_index_results() {
+        let mut c = cfg();
+        c.metrics.push(MetricsEntry {
+            stage: "fid".into(),
+            samples: "samples".into(),
+            count: 50_000,
+            reference: "VIRTUAL_imagenet256_labeled.npz".into(),
+            values: [("fid".to_string(), 3.25), ("recall".to_string(), 0.5)].into(),
+        });
+        let text = model_card(&c, &Location::Local("out".into()));
+        let y = front_matter_of(&text);
+        let r = &y["model-index"][0]["results"][0];
+        assert_eq!(r["metrics"][0]["type"], "fid");
+        assert_eq!(r["metrics"][0]["value"], 3.25);
+        assert_eq!(r["dataset"]["name"], "VIRTUAL_imagenet256_labeled.npz");
+        assert!(
+            r["metrics"][1]["name"]
+                .as_str()
+                .unwrap()
+                .contains("50,000 samples"),
+            "{text}"
+        );
+        assert!(text.contains("| `samples` | 50,000 | VIRTUAL_imagenet256_labeled.npz | 3.2500 | - | - | - | 0.5000 |"), "{text}");
     }
 
     #[test]

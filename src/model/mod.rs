@@ -1,7 +1,8 @@
-//! Networks in candle-nn: the ADM U-Net (EDM's `DhariwalUNet`) behind EDM preconditioning.
+//! Networks in candle-nn: the ADM U-Net (EDM's `DhariwalUNet`) behind EDM preconditioning,
+//! and the FID Inception-v3 of the metrics.
 //!
 //! The networks see a `VarBuilder`, never a path, and never choose a device; only
-//! [`checkpoint`] reads and writes files. Names follow the PyTorch `state_dict` of
+//! [`checkpoint`] (and [`inception::weights`]) read and write files. Names follow the PyTorch `state_dict` of
 //! `EDMPrecond` (`model.enc.64x64_conv.weight`, ...), so an official EDM/RDM checkpoint
 //! loads after `scripts/convert_checkpoint.py`.
 //!
@@ -12,6 +13,8 @@
 //! 4. [`EdmPrecond`]: D = c_skip·x + c_out·F(c_in·x, ln σ / 4); implements
 //!    [`crate::diffusion::Denoiser`].
 //! 5. [`checkpoint`]: `model.safetensors` + `config.json`; [`info`]: sizes and FLOPs.
+//!
+//! Beside the U-Net, [`inception`] is the FID Inception-v3 that the metrics are computed with.
 //!
 //! Training: build on a `VarMap` and call [`EdmPrecond::forward_train`]:
 //! ```no_run
@@ -35,6 +38,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dropout;
 pub mod embedding;
+pub mod inception;
 pub mod info;
 pub mod layers;
 pub mod ops;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use crate::data::npy::npy_header;
 use crate::data::tar::{index_members, read_member, Member};
 
 /// The rows of a sample manifest that export needs, in manifest order.
@@ -68,24 +69,6 @@ impl ShardReader {
             .with_context(|| format!("{shard} has no {name} although the manifest lists it"))?;
         Ok(read_member(file, &self.dir.join(shard), m.offset, m.size)?)
     }
-}
-
-/// The `.npy` header for a C-ordered array (format 1.0, padded to 64 bytes).
-fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let total = 10 + dict.len() + 1;
-    dict.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out
 }
 
 /// Write `samples` (a sample stage's output folder) as an ADM-evaluator `.npz`. Returns N.
@@ -152,22 +135,4 @@ pub fn export_png_dir(samples: &Path, out: &Path) -> anyhow::Result<usize> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(rows.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn npy_header_is_aligned_and_readable() {
-        let h = npy_header("|u1", &[5, 32, 32, 3]);
-        assert_eq!(h.len() % 64, 0);
-        let text = String::from_utf8_lossy(&h[10..]);
-        assert!(
-            text.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 32, 32, 3), }")
-        );
-        assert!(text.ends_with('\n'));
-        let h1 = npy_header("<i8", &[7]);
-        assert!(String::from_utf8_lossy(&h1).contains("'shape': (7,)"));
-    }
 }

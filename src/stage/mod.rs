@@ -13,6 +13,7 @@
 pub mod command;
 pub mod context;
 pub mod downsample;
+pub mod metrics;
 pub mod params;
 pub mod publish;
 pub mod sample;
@@ -88,6 +89,7 @@ pub fn builtin_kinds() -> Vec<Arc<dyn StageKind>> {
     vec![
         Arc::new(command::Command),
         Arc::new(sample::Sample),
+        Arc::new(metrics::Metrics),
         Arc::new(publish::Publish),
         Arc::new(source::SourceFolder),
         Arc::new(source::SourceZip),

@@ -11,6 +11,7 @@
 //! | `slurm`  | the Slurm executor on a real one-node Slurm: job arrays, merge, resubmission |
 //! | `hub`    | the `publish` stage and `hf://` checkpoints against a stand-in Hub (issue 7) |
 //! | `train`  | the `train` stage: learning check, exact resume, NaN loss, a pipeline (issue 5) |
+//! | `metrics` | the `metrics` stage, `relay metrics`/`stats`/`show`: numbers, cache, kill -9, bad input (issue 18) |
 //! | `pipelines` | the shipped pipelines on tiny substitutes; the quickstart end to end (issue 8) |
 //! | `hub_server` | the stand-in Hub: the endpoints hf-hub calls, in memory |
 
@@ -19,6 +20,7 @@ mod data;
 mod hub;
 mod hub_server;
 mod many;
+mod metrics;
 mod pipelines;
 mod runner;
 mod sample;

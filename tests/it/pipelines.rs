@@ -187,13 +187,19 @@ fn imagenet_256_runs_on_a_tiny_substitute() {
     let data = p.path().join("imagenet");
     image_folder(&data, &["n01440764", "n01443537"], 6, 40);
     let stages = [
-        "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "fid",
+        "images", "shards", "pairs", "base", "relay", "samples", "hub", "npz", "metrics",
     ];
+    // The metrics against the training images (no ADM reference batch here), with the
+    // formula-weight FID network.
+    let inception = format!(
+        "inception={}",
+        crate::metrics::inception_weights().display()
+    );
     run_paper(
         &p,
         "imagenet-256.yaml",
         &data,
-        &["hi=32", "lo=8"],
+        &["hi=32", "lo=8", "reference=pairs", &inception],
         &["base", "relay"],
         &["samples.stages.relay.rho=7".into()],
         &stages,
@@ -212,8 +218,18 @@ fn imagenet_256_runs_on_a_tiny_substitute() {
     assert!(rows
         .iter()
         .all(|r| r[c("postprocess")].as_str() == Some("brightness 1.06 (PIL ImageEnhance)")));
-    let fid = std::fs::read_to_string(p.path().join("runs/fid/fid.txt")).unwrap();
-    assert!(fid.contains("no evaluator configured"), "{fid}");
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("runs/metrics/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(m["fid"].is_number() && m["precision"].is_number(), "{m}");
+    assert_eq!(m["count"], 4);
+    // The card carries them as model-index results.
+    let card = std::fs::read_to_string(p.path().join("hub/README.md")).unwrap();
+    assert!(
+        card.contains("model-index:") && card.contains("type: fid"),
+        "{card}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! What `publish` says about each stage it publishes: which inputs are models and which is
 //! the sample stage, each model's card entry (what its folder says, its sampler defaults and
-//! NFE, what training cost), and the sample stage's preview and measured NFE.
+//! NFE, what training cost), the sample stage's preview and measured NFE, and the numbers
+//! of the `metrics` stages.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +15,9 @@ use super::WEIGHTS;
 use crate::base::record::Record;
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
-use crate::hub::card::{Cost, FileEntry, SamplingEntry, StageEntry, CONFIG_FILE, PREVIEW_FILE};
+use crate::hub::card::{
+    Cost, FileEntry, MetricsEntry, SamplingEntry, StageEntry, CONFIG_FILE, PREVIEW_FILE,
+};
 use crate::sample::model_folder::{self, ModelFolder};
 use crate::stage::Input;
 
@@ -47,7 +50,7 @@ pub(super) fn pick_inputs<'a>(
             models.push(i);
         } else if is_sample(i) && sample.is_none() {
             sample = Some(i);
-        } else if !p.stages.is_empty() {
+        } else if !p.stages.is_empty() && !i.dir.join(METRICS_FILE).is_file() {
             bail!(
                 "stage `{}` ({}) has neither a {WEIGHTS} nor a {PREVIEW_FILE}: only trained stages and sample stages can be published",
                 i.name,
@@ -194,4 +197,47 @@ pub(super) fn describe_sample(
         preview: Some(PREVIEW_FILE.into()),
         postprocess,
     })
+}
+
+/// The file a `metrics` stage writes.
+pub(super) const METRICS_FILE: &str = "metrics.json";
+
+/// The card entries of a `metrics` stage: one per sample set it evaluated.
+pub(super) fn describe_metrics(input: &Input) -> anyhow::Result<Vec<MetricsEntry>> {
+    let path = input.dir.join(METRICS_FILE);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    // One sample set: the object itself; several: an object per sample instance.
+    let sets: Vec<&Value> = if doc.get("count").is_some() {
+        vec![&doc]
+    } else {
+        doc.as_object()
+            .map(|o| o.values().collect())
+            .unwrap_or_default()
+    };
+    Ok(sets
+        .into_iter()
+        .map(|m| {
+            let r = &m["reference"];
+            let reference = ["npz", "images", "stage"]
+                .iter()
+                .find_map(|k| r.get(*k).and_then(Value::as_str))
+                .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+                .unwrap_or_else(|| "reference".into());
+            MetricsEntry {
+                stage: input.name.clone(),
+                samples: m["samples"].as_str().unwrap_or_default().to_string(),
+                count: m["count"].as_u64().unwrap_or(0),
+                reference,
+                values: ["fid", "sfid", "inception_score", "precision", "recall"]
+                    .iter()
+                    .filter_map(|k| {
+                        m.get(*k)
+                            .and_then(Value::as_f64)
+                            .map(|v| (k.to_string(), v))
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 
-use super::describe::{describe_sample, describe_stage, pick_inputs, sorted_like};
+use super::describe::{
+    describe_metrics, describe_sample, describe_stage, pick_inputs, sorted_like, METRICS_FILE,
+};
 use super::files::{entry_of, link_or_copy, replace_folder, staged_files};
 use super::params::PublishParams;
 use super::WEIGHTS;
@@ -69,6 +71,14 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
         Some(input) => Some(describe_sample(input, &cx.out, &mut files)?),
         None => None,
     };
+    let mut metrics = Vec::new();
+    for input in cx
+        .inputs
+        .iter()
+        .filter(|i| i.dir.join(METRICS_FILE).is_file())
+    {
+        metrics.extend(describe_metrics(input)?);
+    }
 
     // 3. Card and config.
     let location = match (&p.repo, &p.local) {
@@ -90,6 +100,7 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
         chain: stages.iter().map(|s| s.folder.clone()).collect(),
         stages,
         sampling,
+        metrics,
         license: p.license.clone(),
         datasets: p.datasets.clone(),
         files,
