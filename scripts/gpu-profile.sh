@@ -3,9 +3,11 @@
 # driver and PyTorch's CUDA 13 wheels but no Rust, from binaries built here
 # (scripts/cuda-build.sh, then scripts/gpu-pack.sh: relay, the golden tests and the library's
 # unit tests in .gpu/). Most important first; once BUDGET seconds have passed the remaining
-# steps are skipped and listed, so a time-out still leaves every finished log in $OUT.
+# steps are skipped and listed. Logs go to $LOGS; when $OUT is set (the device tool's folder
+# that comes back: at most 8 files) the logs are re-packed there as logs.tgz after every step,
+# so a time-out still returns every finished log, and summary.md is written there last.
 #
-#   scripts/gpu-profile.sh      # BUDGET (default 540 s), STEPS (timed steps, default 5)
+#   OUT=$OUT scripts/gpu-profile.sh   # BUDGET (default 540 s), STEPS (timed steps, default 5)
 #
 # 1. Correctness: the CUDA-vs-CPU twin tests (src/model/ops/cuda/tests.rs) with
 #    RELAY_CUDA_OPS=none and =all, the golden vectors on CUDA with all levers on.
@@ -22,11 +24,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=${GPU_PACK:-.gpu}
-OUT=${OUT:-target/gpu-profile}
+LOGS=${LOGS:-target/gpu-profile}
+RESULTS=${OUT:-}
 BUDGET=${BUDGET:-540}
 STEPS=${STEPS:-5}
 START=$(date +%s)
+OUT=$LOGS
 mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+bundle() { [ -n "$RESULTS" ] && tar -czf "$RESULTS/logs.tgz" -C "$OUT" . 2>/dev/null; true; }
 NV=$(python3 -c "import nvidia, os; print(list(nvidia.__path__)[0])" 2>/dev/null)
 LIBS=$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')
 export LD_LIBRARY_PATH=${LIBS}${LD_LIBRARY_PATH:-}
@@ -56,6 +62,7 @@ step() { # name, seconds it needs at most, command...: run under `timeout`, log,
   echo "rc=$rc seconds=$(($(date +%s) - t0))" >>"$OUT/$name.log"
   echo "== $name: rc=$rc ($(($(date +%s) - t0)) s)"
   tail -n 4 "$OUT/$name.log"
+  bundle
   return $rc
 }
 
@@ -72,7 +79,7 @@ step golden-all 150 env RELAY_CUDA_OPS=all RELAY_GOLDEN_DEVICE=cuda \
   RELAY_GOLDEN_DIR="$G/golden.d" "$BIN/golden" --nocapture
 
 # 2. Seeds: batch 7 vs batch 1 on CUDA, all levers on.
-step seeds-b7-vs-b1 150 env RELAY_CUDA_OPS=all RELAY="$R" OUT="$OUT" bash scripts/gpu-seeds.sh
+step seeds-b7-vs-b1 150 env RELAY_CUDA_OPS=all RELAY="$R" OUT="$LOGS" bash scripts/gpu-seeds.sh
 
 # 3. Op profile, relay then PyTorch, batch 32.
 for p in bf16 f32; do
@@ -112,5 +119,9 @@ for lever in conv group_norm softmax adam pool events; do
   model "adm64-b32-bf16-no-$lever" adm-64 32 bf16 "$rest"
 done
 
-echo "== skipped (budget $BUDGET s): ${skipped[*]:-none}" | tee "$OUT/skipped.txt"
+skipped_list=$(printf '%s\n' "${skipped[@]}" | awk 'NF && !seen[$0]++' | paste -sd' ')
+echo "== skipped (budget $BUDGET s): ${skipped_list:-none}" | tee "$OUT/skipped.txt"
 python3 scripts/gpu-summary.py "$OUT" | tee "$OUT/summary.md"
+bundle
+[ -n "$RESULTS" ] && cp "$OUT/summary.md" "$RESULTS/summary.md"
+true
