@@ -97,7 +97,7 @@ impl ModelBench {
         );
         s += "| work | s/step | images/s | GFLOP/s |\n|---|---|---|---|\n";
         s += &format!(
-            "| train (fwd + bwd + Adam) | {:.3} | {:.2} | {:.1} |\n",
+            "| train (fwd + bwd + Adam + EMA) | {:.3} | {:.2} | {:.1} |\n",
             self.train_seconds,
             self.train_images_per_sec(),
             self.train_flops_per_sec() / 1e9

@@ -17,13 +17,13 @@ use crate::model::ops::{group_norm::group_norm_act, softmax::softmax_op};
 
 /// The first CUDA device, or `None` (test skipped) on a machine without one.
 fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
+    // The error itself is not printed: formatting it asks the driver for its message,
+    // which a link-only stub libcuda (scripts/cuda-build.sh) cannot answer.
+    let dev = Device::new_cuda(0).ok();
+    if dev.is_none() {
+        eprintln!("skipped: no CUDA device");
     }
+    dev
 }
 
 /// max|a − b| / max|b| with both brought to float32 on the CPU.
