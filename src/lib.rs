@@ -14,6 +14,7 @@
 //! * [`data`]: images, WebDataset shards, dataset descriptors.
 //! * [`manifest`]: Arrow schemas and Parquet readers/writers.
 
+pub mod base;
 pub mod bench;
 pub mod cli;
 pub mod data;

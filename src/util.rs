@@ -1,7 +1,7 @@
 //! Small helpers shared by every layer: did-you-mean hints, hashing, atomic file writes.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -61,21 +61,50 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A temporary name beside `path` that no other process (or thread) picks:
+/// `.NAME.tmp.PID.RANDOM`. Every file written by more than one process goes through one,
+/// so two writers of the same file (a requeued task beside its ghost) never share bytes.
+pub fn temp_path(path: &Path) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // A per-process random seed (std seeds RandomState from the OS) mixed with a counter:
+    // unique across processes, hosts sharing a file system and threads.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
+    dir.join(format!(
+        ".{name}.tmp.{}.{:016x}",
+        std::process::id(),
+        h.finish()
+    ))
+}
+
+/// Whether a file name is one of [`temp_path`]'s (or an older `NAME.tmp`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.ends_with(".tmp") || name.contains(".tmp.")
+}
+
+/// Write `bytes` to `path` atomically: a unique temporary file in the same folder, fsync,
+/// rename. Readers see the old content or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = temp_path(path);
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    written
 }
 
 /// A path as the user should see it: relative to the current folder when inside it.

@@ -465,13 +465,10 @@ pub fn write_source(out: &Path, info: &SourceInfo, items: &[Item]) -> Result<()>
     write_atomic(&out.join(SOURCE_FILE), &json)
 }
 
-/// Write a small file through `NAME.tmp` + rename.
+/// Write a small file atomically ([`crate::util::write_atomic`]: unique temporary
+/// name, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(DataError::io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(DataError::io("rename into place", path))
+    crate::util::write_atomic(path, bytes).map_err(DataError::io("write", path))
 }
 
 /// What `fetch` returns: encoded bytes, or pixels for generated sources.

@@ -13,8 +13,8 @@
 //! Both consume the same number of draws (ε, then the block base), so switching the option
 //! keeps every later draw of a seed's stream in place.
 
-use super::blur_sampler::upsample_nearest;
 use super::noise::NoiseSource;
+use super::upsample::upsample_nearest;
 use candle_core::{bail, DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 

@@ -23,6 +23,7 @@ use super::dct::PatchDct;
 use super::guidance::{Evaluator, Guidance};
 use super::noise::NoiseSource;
 use super::schedule::{blur_time_steps, churn_gamma, t_hat, P_MEAN, P_STD};
+pub use super::upsample::upsample_nearest;
 use super::{Denoiser, SamplerOutput, Trajectory};
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -162,26 +163,29 @@ impl BlurSamplerConfig {
     }
 }
 
-/// The stage hand-off (`F.interpolate(images, scale)`, mode 'nearest'): every pixel of
-/// `x: [..., h, w]` repeated `factor`×`factor`.
-pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
-    if factor == 1 {
-        return Ok(x.clone());
-    }
-    let dims = x.dims().to_vec();
-    let r = dims.len();
-    if r < 2 || factor == 0 {
-        bail!("upsample_nearest: need [..., h, w] and factor ≥ 1, got {dims:?}, {factor}")
-    }
-    let (h, w) = (dims[r - 2], dims[r - 1]);
-    let lead = &dims[..r - 2];
-    let spread: Vec<usize> = [lead, &[h, 1, w, 1]].concat();
-    let target: Vec<usize> = [lead, &[h, factor, w, factor]].concat();
-    let out: Vec<usize> = [lead, &[h * factor, w * factor]].concat();
-    x.reshape(spread)?
-        .broadcast_as(target)?
-        .contiguous()?
-        .reshape(out)
+/// The sampler settings a relay stage takes over from its training (RDM_NOTES §6.3): the
+/// blur schedule and block noise it was trained with, as (key of the training's
+/// [`BlurLoss`](super::loss::BlurLoss) settings, key of [`BlurSamplerConfig`]). ℓ
+/// (`prob_length`) becomes the sampler's `truncation_t`.
+pub const FROM_TRAINING: [(&str, &str); 6] = [
+    ("up_scale", "up_scale"),
+    ("blur_sigma_max", "blur_sigma_max"),
+    ("prob_length", "truncation_t"),
+    ("min_scale", "min_scale"),
+    ("block_scale", "s_block"),
+    ("block_noise", "block_noise"),
+];
+
+/// Sampler defaults from a relay stage's training settings (a JSON object such as a
+/// serialised `BlurLoss`, or the `diffusion` of a model folder's `config.json`): the keys
+/// of [`FROM_TRAINING`] that it has, renamed.
+pub fn defaults_from_training(
+    trained: &serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    FROM_TRAINING
+        .iter()
+        .filter_map(|(from, to)| Some((to.to_string(), trained.get(from)?.clone())))
+        .collect()
 }
 
 /// Runs the relay stage from `latents` (the nearest-upsampled low-resolution image,

@@ -33,6 +33,7 @@ pub mod noise;
 pub mod precond;
 pub mod rng;
 pub mod schedule;
+pub mod upsample;
 
 use candle_core::{Result, Tensor};
 

@@ -8,16 +8,28 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::base::cancel::Cancel;
 use crate::device::DeviceSpec;
 use crate::plan::Plan;
 use crate::stage::context::LogFile;
-use crate::stage::{Cancel, Progress, StageContext};
+use crate::stage::{Progress, StageContext};
 
 /// Kinds that can run on several ranks.
 const DATA_PARALLEL_KINDS: &[&str] = &["train"];
 
+/// Run `stage` of `plan` as rank `rank` (not 0), with Ctrl-C wired to cancellation.
+pub fn run(plan: &Plan, stage: &str, device: DeviceSpec, rank: usize) -> anyhow::Result<()> {
+    let cancel = Cancel::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.spawn(super::cancel_on_ctrl_c(cancel.clone()));
+    follow(plan, stage, device, rank, cancel)
+}
+
 /// Run `stage` of `plan` as rank `rank` (not 0). `cancel` is the process's Ctrl-C flag.
-pub fn follow(
+fn follow(
     plan: &Plan,
     stage: &str,
     device: DeviceSpec,
@@ -37,7 +49,7 @@ pub fn follow(
     let workdir = &plan.spec.workdir;
     let mut inputs = Vec::new();
     for &d in &node.needs {
-        let input = super::published_input(plan, workdir, d, String::new());
+        let input = super::job::published_input(plan, workdir, d, String::new());
         if !input.dir.is_dir() {
             bail!(
                 "stage `{stage}` needs `{}`, which has no output at {}; run it first \

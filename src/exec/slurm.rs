@@ -413,7 +413,7 @@ impl SlurmPlan {
                     id: id.clone(),
                     role: j.role.into(),
                     script: j.script.clone(),
-                    submitted: super::record::rfc3339(std::time::SystemTime::now()),
+                    submitted: crate::base::record::rfc3339(std::time::SystemTime::now()),
                 });
             jobs_file.save(workdir)?;
             out.push((j.stage.clone(), j.role.to_string(), id));
@@ -489,7 +489,7 @@ pub fn is_live(id: &str) -> bool {
 }
 
 /// Wait until none of `ids` is queued or running (polling squeue).
-pub fn wait(ids: &[String], cancel: &crate::stage::Cancel) -> anyhow::Result<()> {
+pub fn wait(ids: &[String], cancel: &crate::base::cancel::Cancel) -> anyhow::Result<()> {
     loop {
         if cancel.is_cancelled() {
             bail!("stopped waiting (the jobs keep running; `relay cancel` stops them)");

@@ -11,7 +11,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 
-use super::blocks::{conv2d, group_norm, Conv};
+use super::layers::{conv2d, group_norm, Conv};
 use super::ops::{self, group_norm::GroupNorm};
 
 /// softmax(qᵀk / √d) v for q, k, v of shape [N, d, L]; returns [N, d, L].

@@ -12,8 +12,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
-use super::blocks::{linear, linear_init};
 use super::dropout::{keep_mask, DropoutKey};
+use super::layers::{linear, linear_init};
 
 /// Sinusoidal embedding of the noise label (edm `PositionalEmbedding`, endpoint = false).
 #[derive(Debug, Clone)]

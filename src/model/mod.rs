@@ -36,6 +36,7 @@ pub mod config;
 pub mod dropout;
 pub mod embedding;
 pub mod info;
+pub mod layers;
 pub mod ops;
 pub mod precond;
 pub mod structure;

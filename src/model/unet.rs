@@ -15,10 +15,11 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 
-use super::blocks::{conv2d, group_norm, Conv, UNetBlock};
+use super::blocks::UNetBlock;
 use super::config::UnetConfig;
 use super::dropout::DropoutKey;
 use super::embedding::Mapping;
+use super::layers::{conv2d, group_norm, Conv};
 use super::ops::group_norm::GroupNorm;
 use super::structure::Structure;
 

@@ -4,7 +4,7 @@
 //! `generate.py`). All randomness comes from each seed's own stream, continued across the
 //! stages, so an image depends only on its seed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
@@ -12,11 +12,12 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::model_folder::ModelFolder;
 use crate::diffusion::blur_sampler::{blur_sampler, upsample_nearest, BlurSamplerConfig};
 use crate::diffusion::edm_sampler::{edm_sampler, EdmSamplerConfig};
 use crate::diffusion::noise::{balanced_class_labels, one_hot, NoiseSource, SeedNoise};
 use crate::diffusion::Denoiser;
-use crate::model::{checkpoint, EdmPrecond, UnetConfig};
+use crate::model::{checkpoint, EdmPrecond};
 
 /// How class labels are chosen for a conditional model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,99 +87,6 @@ pub struct ChainStage {
     pub checkpoint: CheckpointRef,
 }
 
-/// What a model folder says about itself: the network, and for a relay stage its blur
-/// settings, plus sampler defaults. `config.json` is either a plain network config or
-/// `{ "model": {...}, "diffusion": {...}, "sampler": {...} }`.
-#[derive(Debug, Clone)]
-pub struct ModelCard {
-    pub unet: UnetConfig,
-    /// `edm` or `relay`, when the folder says so.
-    pub diffusion: Option<String>,
-    /// Diffusion settings (`up_scale`, `blur_sigma_max`, `prob_length`, ...).
-    pub diffusion_settings: Value,
-    /// Sampler defaults written at training time.
-    pub sampler: Value,
-    /// Resolution the model generates.
-    pub resolution: usize,
-}
-
-impl ModelCard {
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {}: is this a model folder (config.json + model.safetensors)?",
-                path.display()
-            )
-        })?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let (model, diffusion) = match v.get("model") {
-            Some(m) => (
-                m.clone(),
-                v.get("diffusion").cloned().unwrap_or(Value::Null),
-            ),
-            None => (v.clone(), Value::Null),
-        };
-        let unet = UnetConfig::from_json(&model.to_string())
-            .with_context(|| format!("the network config in {}", path.display()))?;
-        // A trained stage (`relay-stage/1`) keeps its blur settings under `diffusion.loss`.
-        let (kind, settings) = match &diffusion {
-            Value::String(s) => (Some(s.clone()), Value::Null),
-            Value::Object(o) => {
-                let mut settings = diffusion.clone();
-                if let Some(loss) = o.get("loss") {
-                    merge_json(&mut settings, loss);
-                }
-                (
-                    o.get("kind")
-                        .or_else(|| o.get("type"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    settings,
-                )
-            }
-            _ => (None, Value::Null),
-        };
-        let resolution = ["resolution", "to"]
-            .iter()
-            .find_map(|k| diffusion.get(k).and_then(Value::as_u64))
-            .or_else(|| v.get("resolution").and_then(Value::as_u64))
-            .map(|r| r as usize)
-            .unwrap_or(unet.img_resolution);
-        // Sampler defaults, bare or tagged by sampler (`{"edm": {...}}`, `{"blur": {...}}`).
-        let sampler = match v.get("sampler") {
-            Some(Value::Object(o))
-                if o.len() == 1 && (o.contains_key("edm") || o.contains_key("blur")) =>
-            {
-                o.values().next().cloned().unwrap_or(Value::Null)
-            }
-            Some(other) => other.clone(),
-            None => Value::Null,
-        };
-        Ok(Self {
-            unet,
-            diffusion: kind,
-            diffusion_settings: settings,
-            sampler,
-            resolution,
-        })
-    }
-}
-
-/// Merge `over` into `base` (objects key by key, recursively).
-fn merge_json(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                merge_json(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, o) if !o.is_null() => *b = o.clone(),
-        _ => {}
-    }
-}
-
 impl ChainStage {
     /// Load a stage model; `position` 0 samples from noise (EDM), later ones are relay stages.
     /// `overrides` are the user's sampler settings for this stage.
@@ -189,7 +97,7 @@ impl ChainStage {
         overrides: &Value,
         device: &Device,
     ) -> anyhow::Result<Self> {
-        let card = ModelCard::load(dir)?;
+        let card = ModelFolder::load(dir)?;
         let relay = match card.diffusion.as_deref() {
             Some("edm") => false,
             Some("relay") | Some("blur") => true,
@@ -210,21 +118,7 @@ impl ChainStage {
         }
         // Defaults (serde fills every missing field), then what training wrote, then the
         // user's settings. A relay stage's blur schedule must be the one it was trained with.
-        let mut settings = Value::Object(Default::default());
-        if relay {
-            for (from, to) in [
-                ("up_scale", "up_scale"),
-                ("blur_sigma_max", "blur_sigma_max"),
-                ("prob_length", "truncation_t"),
-                ("min_scale", "min_scale"),
-            ] {
-                if let Some(v) = card.diffusion_settings.get(from) {
-                    settings[to] = v.clone();
-                }
-            }
-        }
-        merge_json(&mut settings, &card.sampler);
-        merge_json(&mut settings, overrides);
+        let settings = card.sampler_settings(relay, overrides);
         let sampler = if relay {
             StageSampler::Blur(
                 serde_json::from_value(settings)
@@ -398,31 +292,4 @@ pub fn to_images(x: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
         out.push(img);
     }
     Ok(out)
-}
-
-/// The model folders of a sample stage: explicit `models:` (relative to the pipeline, or
-/// `hf://owner/name@revision/path`, downloaded through the Hub cache) or the upstream train
-/// stages. The third member is, for a Hub reference, the reference pinned to the commit it
-/// resolved to (what manifests record).
-pub fn model_dirs(
-    explicit: &[String],
-    pipeline_dir: &Path,
-    inputs: &[crate::stage::Input],
-) -> anyhow::Result<Vec<(String, PathBuf, Option<String>)>> {
-    if !explicit.is_empty() {
-        return explicit
-            .iter()
-            .map(|m| {
-                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None)
-                    .with_context(|| format!("model `{m}`"))?;
-                let pinned = r.commit().map(|_| r.record());
-                Ok((m.clone(), r.path().to_path_buf(), pinned))
-            })
-            .collect();
-    }
-    Ok(inputs
-        .iter()
-        .filter(|i| i.kind == "train")
-        .map(|i| (i.name.clone(), i.dir.clone(), None))
-        .collect())
 }

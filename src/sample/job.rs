@@ -119,7 +119,7 @@ pub fn run_shard(
     batch: usize,
     rows: &RowContext,
     device: &Device,
-    cancel: &crate::stage::Cancel,
+    cancel: &crate::base::cancel::Cancel,
     mut on_images: impl FnMut(usize),
 ) -> anyhow::Result<ShardTiming> {
     let started = Instant::now();

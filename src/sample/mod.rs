@@ -9,4 +9,5 @@
 pub mod chain;
 pub mod export;
 pub mod job;
+pub mod model_folder;
 pub mod seeds;

@@ -129,7 +129,7 @@ impl StageKind for Command {
         let mut deps = serde_json::Map::new();
         for d in &p.deps {
             let path = cx.pipeline_dir.join(d);
-            let digest = crate::exec::fresh::digest_path(&path).with_context(|| {
+            let digest = crate::base::digest::digest_path(&path).with_context(|| {
                 format!(
                     "`deps` entry `{d}` ({}) cannot be read; create it or remove it from `deps`",
                     crate::util::display_path(&path)

@@ -3,10 +3,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Params;
+pub use crate::base::cancel::{Cancel, Cancelled};
 use crate::device::DeviceSpec;
 
 /// An upstream stage's published output.
@@ -41,35 +41,6 @@ pub struct Outcome {
     /// `false` when the stage did only part of its work (`--shard`): the executor then
     /// keeps the output folder private instead of publishing it.
     pub partial: bool,
-}
-
-/// Returned (inside `anyhow::Error`) by a stage that stopped because it was cancelled.
-#[derive(Debug, thiserror::Error)]
-#[error("cancelled")]
-pub struct Cancelled;
-
-/// A cooperative cancellation flag shared by the executor and every running stage.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-    /// `Err(Cancelled)` once cancellation was requested: call at safe points with `?`.
-    pub fn check(&self) -> Result<(), Cancelled> {
-        if self.is_cancelled() {
-            Err(Cancelled)
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// Where progress goes (a terminal bar, or plain log lines). Implemented by the executor.

@@ -3,6 +3,7 @@
 //! N-th shard from I (cluster workers), and a final run merges.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -13,8 +14,9 @@ use super::{
 };
 use crate::diffusion::blur_sampler::BlurSamplerConfig;
 use crate::diffusion::edm_sampler::EdmSamplerConfig;
-use crate::sample::chain::{model_dirs, Chain, ChainStage, LabelMode, ModelCard};
+use crate::sample::chain::{Chain, ChainStage, LabelMode};
 use crate::sample::job::{merge, plan_shards, run_shard, shard_done, RowContext};
+use crate::sample::model_folder::ModelFolder;
 use crate::sample::seeds::Seeds;
 
 pub struct Sample;
@@ -133,7 +135,7 @@ impl StageKind for Sample {
                 continue;
             }
             let dir = cx.pipeline_dir.join(m);
-            let digest = crate::exec::fresh::digest_path(&dir).with_context(|| {
+            let digest = crate::base::digest::digest_path(&dir).with_context(|| {
                 format!("model folder `{m}` ({}) cannot be read", dir.display())
             })?;
             models.insert(m.clone(), Value::String(digest));
@@ -150,7 +152,7 @@ impl StageKind for Sample {
         }
         let mut cards = Vec::new();
         for (name, dir, pinned) in dirs {
-            let card = ModelCard::load(&dir).with_context(|| format!("model `{name}`"))?;
+            let card = ModelFolder::load(&dir).with_context(|| format!("model `{name}`"))?;
             cards.push((card.resolution, name, dir, pinned));
         }
         cards.sort_by_key(|c| c.0);
@@ -273,4 +275,31 @@ impl StageKind for Sample {
             partial: false,
         })
     }
+}
+
+/// The model folders of a sample stage: explicit `models:` (relative to the pipeline, or
+/// `hf://owner/name@revision/path`, downloaded through the Hub cache) or the upstream train
+/// stages. The third member is, for a Hub reference, the reference pinned to the commit it
+/// resolved to (what manifests record).
+pub fn model_dirs(
+    explicit: &[String],
+    pipeline_dir: &Path,
+    inputs: &[super::Input],
+) -> anyhow::Result<Vec<(String, PathBuf, Option<String>)>> {
+    if !explicit.is_empty() {
+        return explicit
+            .iter()
+            .map(|m| {
+                let r = crate::hub::resolve_local_or_hf(m, pipeline_dir, None)
+                    .with_context(|| format!("model `{m}`"))?;
+                let pinned = r.commit().map(|_| r.record());
+                Ok((m.clone(), r.path().to_path_buf(), pinned))
+            })
+            .collect();
+    }
+    Ok(inputs
+        .iter()
+        .filter(|i| i.kind == "train")
+        .map(|i| (i.name.clone(), i.dir.clone(), None))
+        .collect())
 }

@@ -96,12 +96,9 @@ pub fn write_weights(ema: &TensorMap, model: &UnetConfig, path: &Path) -> anyhow
         .with_context(|| format!("cannot write `{}`", path.display()))
 }
 
-/// Write `bytes` to `path` through `path.tmp` + fsync + rename.
+/// Write `bytes` to `path` atomically ([`crate::util::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    io(std::fs::write(&tmp, bytes), "write", &tmp)?;
-    sync_file(&tmp)?;
-    io(std::fs::rename(&tmp, path), "rename into place", path)
+    io(crate::util::write_atomic(path, bytes), "write", path)
 }
 
 /// The snapshot folders of `dir`, oldest first.
