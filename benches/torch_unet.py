@@ -5,10 +5,14 @@ the same architecture as relay's `UnetConfig` presets, and timed the way `relay 
 times ours:
 
 * train step: EDM loss (P_mean -1.2, P_std 1.2, sigma_data 0.5) on random images, backward,
-  one `torch.optim.Adam` step (dropout and label dropout as the config says);
+  one `torch.optim.Adam` step and EDM's EMA update (half-life 500 kimg, ramp-up 0.05, one
+  `torch._foreach_lerp_`) (dropout and label dropout as the config says);
 * sample forward: D(x; sigma) in eval mode under `torch.no_grad()`.
 
-Each is warmed up, then timed step by step; images/s = batch / median step time.
+Each is warmed up, then timed step by step; images/s = batch / median step time. On CUDA
+the peak of `torch.cuda.max_memory_allocated` / `max_memory_reserved` is printed for each
+part (relay prints its memory pool's), and the train step's forward / backward / Adam + EMA
+medians (with a synchronisation between them, as relay's phases).
 Not a reference implementation: it exists to measure, so the initialisation is only
 shape-correct (EDM's kaiming-uniform x sqrt(1/3), zeros for the zero-initialised layers).
 
@@ -295,17 +299,32 @@ def main():
     if cfg["label_dim"]:
         labels = F.one_hot(torch.randint(cfg["label_dim"], (b,)), cfg["label_dim"]).float().to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    plist = list(net.parameters())
+    ema = [q.detach().clone() for q in plist]
+    phases = []
 
     def train_step():
         net.train()
+        t0 = time.perf_counter()
         sigma = (torch.randn(b, 1, 1, 1, device=dev) * 1.2 - 1.2).exp()
         weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
         with autocast:
             d = net(y + torch.randn_like(y) * sigma, sigma, labels)
         loss = (weight * (d.float() - y) ** 2).sum()
+        sync()
+        t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
+        t2 = time.perf_counter()
         opt.step()
+        # EDM's EMA: beta = 0.5 ** (batch / half-life), half-life min(500 kimg, 0.05 * nimg).
+        halflife = min(500_000, len(phases) * b * 0.05)
+        beta = 0.5 ** (b / max(halflife, 1e-8))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, plist, 1 - beta)
+        sync()
+        phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 
     x = torch.randn(b, cfg["in_channels"], res, res, device=dev) * 80
     sigma80 = torch.full((b,), 80.0, device=dev)
@@ -316,8 +335,18 @@ def main():
         with autocast:
             net(x, sigma80, labels)
 
+    cuda = dev.type == "cuda"
+    peak = lambda: ((torch.cuda.max_memory_allocated(dev) / 1e9, torch.cuda.max_memory_reserved(dev) / 1e9)
+                    if cuda else None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     train_s = timed(train_step, a.warmup, a.steps, sync)
+    train_peak = peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     sample_s = timed(sample_step, a.warmup, a.steps, sync)
+    sample_peak = peak()
+    f, bw, ad = (statistics.median(p[i] for p in phases[a.warmup:]) for i in range(3))
     where = (f"{torch.cuda.get_device_name(dev)} (TF32: cuDNN conv "
              f"{torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32})"
              if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
@@ -328,6 +357,12 @@ def main():
     print(f"torch_parameters={params}")
     print(f"torch_train_images_per_sec={b / train_s:.4f}")
     print(f"torch_sample_images_per_sec={b / sample_s:.4f}")
+    print(f"train step: forward {f:.3f} s, backward {bw:.3f} s, Adam + EMA {ad:.3f} s")
+    print(f"torch_train_phases_s={f:.4f},{bw:.4f},{ad:.4f}")
+    for part, pk in (("train", train_peak), ("sample", sample_peak)):
+        if pk:
+            print(f"torch_{part}_peak_gb={pk[0]:.3f}")
+            print(f"torch_{part}_reserved_gb={pk[1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CUDA compile check without a GPU (issue 10): `cargo check --features nccl` (CUDA + NCCL) against the
+# CUDA compile check without a GPU (issues 10, 17): `cargo check --features cuda,cudnn,nccl
+# --all-targets` (CUDA, cuDNN, NCCL; relay's own kernels compiled to PTX by build.rs) against the
 # CUDA 13.4 toolkit from PyPI (13.4, not 13.5: cudarc 0.19 knows versions up to 13.4),
 # so that the CUDA path never silently stops compiling. Recipe: ../shared/DEPENDENCIES.md,
 # "CUDA without a GPU". Takes ~7-12 min on 2 cores, mostly candle-kernels' nvcc build.
@@ -31,5 +32,5 @@ echo "== $("$NVCC" --version | tail -2 | head -1)"
 start=$(date +%s)
 PATH=$R/bin:$PATH CUDA_HOME=$R CUDA_PATH=$R CUDA_COMPUTE_CAP=90 \
   CARGO_TARGET_DIR=${CUDA_CHECK_TARGET:-target/cuda-check} \
-  cargo check --locked --features nccl --all-targets
-echo "== cargo check --features nccl: ok ($(( $(date +%s) - start )) s)"
+  cargo check --locked --features cuda,cudnn,nccl --all-targets
+echo "== cargo check --features cuda,cudnn,nccl: ok ($(( $(date +%s) - start )) s)"

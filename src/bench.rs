@@ -11,7 +11,13 @@
 //! Each is warmed up, then timed step by step; images/s = batch / median step time.
 //! `benches/torch_unet.py` times the same work in PyTorch (`scripts/bench-vs-torch.sh`).
 //! FLOP/s counts the forward FLOPs of [`flops_per_image`] (matmuls and convolutions only);
-//! a training step is counted as three forwards (backward ≈ 2× forward).
+//! a training step is counted as three forwards (backward ≈ 2× forward). On CUDA the
+//! memory pool's peak (used and reserved bytes) is reported for each part, the
+//! counterpart of PyTorch's `max_memory_allocated` / `max_memory_reserved`.
+//!
+//! [`ops`]: the per-op profile (issue 17).
+
+pub mod ops;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,7 +31,7 @@ use crate::diffusion::noise::{NoiseSource, SeedNoise};
 use crate::model::dropout::DropoutKey;
 use crate::model::info::{flops_per_image, model_info};
 use crate::model::{EdmPrecond, UnetConfig};
-use crate::train::optim::{seeded_var_builder, var_tensors, Adam, TensorMap};
+use crate::train::optim::{seeded_var_builder, var_tensors, Adam, Ema, TensorMap};
 
 /// Warm-up steps before timing (allocator, thread pool and page faults settle).
 const WARMUP: usize = 2;
@@ -49,6 +55,9 @@ pub struct ModelBench {
     pub train_phases: [f64; 3],
     /// Median seconds of one sampling forward.
     pub sample_seconds: f64,
+    /// Peak (used, reserved) GB of the CUDA memory pool while training / sampling.
+    pub train_peak_gb: Option<(f64, f64)>,
+    pub sample_peak_gb: Option<(f64, f64)>,
 }
 
 impl ModelBench {
@@ -86,7 +95,7 @@ impl ModelBench {
         );
         s += "| work | s/step | images/s | GFLOP/s |\n|---|---|---|---|\n";
         s += &format!(
-            "| train (fwd + bwd + Adam) | {:.3} | {:.2} | {:.1} |\n",
+            "| train (fwd + bwd + Adam + EMA) | {:.3} | {:.2} | {:.1} |\n",
             self.train_seconds,
             self.train_images_per_sec(),
             self.train_flops_per_sec() / 1e9
@@ -98,7 +107,20 @@ impl ModelBench {
             self.sample_flops_per_sec() / 1e9
         );
         let [f, b, a] = self.train_phases;
-        s += &format!("train step: forward {f:.3} s, backward {b:.3} s, Adam {a:.3} s\n");
+        s += &format!("train step: forward {f:.3} s, backward {b:.3} s, Adam + EMA {a:.3} s\n");
+        let ops = std::env::var("RELAY_CUDA_OPS").unwrap_or_else(|_| "none".into());
+        s += &format!("relay_cuda_ops={ops}\n");
+        s += &format!("relay_train_phases_s={f:.4},{b:.4},{a:.4}\n");
+        for (part, peak) in [
+            ("train", self.train_peak_gb),
+            ("sample", self.sample_peak_gb),
+        ] {
+            if let Some((used, reserved)) = peak {
+                s += &format!(
+                    "relay_{part}_peak_gb={used:.3}\nrelay_{part}_reserved_gb={reserved:.3}\n"
+                );
+            }
+        }
         s += &format!("relay_parameters={}\n", self.parameters);
         s += &format!(
             "relay_train_images_per_sec={:.4}\n",
@@ -144,6 +166,27 @@ fn time_steps(
     Ok(median(times))
 }
 
+/// Restart the CUDA pool's peak counters (no-op elsewhere).
+fn reset_peak(dev: &Device) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        crate::model::ops::cuda::runtime::reset_pool_peak(d)?;
+    }
+    let _ = dev;
+    Ok(())
+}
+
+/// The CUDA pool's peak (used, reserved) GB since [`reset_peak`] (`None` elsewhere).
+fn peak_gb(dev: &Device) -> anyhow::Result<Option<(f64, f64)>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        let peak = crate::model::ops::cuda::runtime::pool_peak(d)?;
+        return Ok(peak.map(|(u, r)| (u as f64 / 1e9, r as f64 / 1e9)));
+    }
+    let _ = dev;
+    Ok(None)
+}
+
 /// One-hot labels of random classes, or `None` for an unconditional net.
 fn random_labels(cfg: &UnetConfig, batch: usize, dev: &Device) -> anyhow::Result<Option<Tensor>> {
     if cfg.label_dim == 0 {
@@ -187,9 +230,12 @@ pub fn model(
     let net = EdmPrecond::new(vb, &cfg)?;
     let vars = vars();
     let mut adam = Adam::new(&vars, [0.9, 0.999], 1e-8)?;
+    // EDM's EMA (half-life 500 kimg, ramp-up 0.05), updated after every step as in training.
+    let mut ema = Ema::new(&vars, 500.0, Some(0.05))?;
     let y = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * EdmLoss::default().sigma_data)?;
     let labels = random_labels(&cfg, batch, &dev)?;
     let mut phases: Vec<[f64; 3]> = Vec::new();
+    reset_peak(&dev)?;
     let train_seconds = time_steps(steps, &dev, || {
         let t0 = Instant::now();
         let step = phases.len() as u64;
@@ -229,6 +275,7 @@ pub fn model(
             map.insert(name.clone(), g.clone());
         }
         adam.step(&vars, &map, 1e-4)?;
+        ema.update(&vars, ema.beta((phases.len() * batch) as u64, batch))?;
         dev.synchronize()?;
         let t3 = Instant::now();
         phases.push([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()));
@@ -236,7 +283,8 @@ pub fn model(
     })?;
     let phase = |i: usize| median(phases[WARMUP..].iter().map(|p| p[i]).collect());
     let train_phases = [phase(0), phase(1), phase(2)];
-    drop((net, adam));
+    let train_peak_gb = peak_gb(&dev)?;
+    drop((net, adam, ema));
 
     // 2. Sampling: the same weights as plain tensors (no graph), eval mode.
     let weights: HashMap<String, Tensor> = vars
@@ -247,10 +295,12 @@ pub fn model(
     let net = EdmPrecond::new(VarBuilder::from_tensors(weights, dtype, &dev), &cfg)?;
     let x = (Tensor::randn(0f32, 1., (batch, c, res, res), &dev)? * 80.0)?;
     let sigma = Tensor::full(80f32, batch, &dev)?;
+    reset_peak(&dev)?;
     let sample_seconds = time_steps(steps, &dev, || {
         net.forward(&x, &sigma, labels.as_ref())?;
         Ok(())
     })?;
+    let sample_peak_gb = peak_gb(&dev)?;
 
     Ok(ModelBench {
         config: config.to_string(),
@@ -264,6 +314,8 @@ pub fn model(
         train_seconds,
         train_phases,
         sample_seconds,
+        train_peak_gb,
+        sample_peak_gb,
     })
 }
 

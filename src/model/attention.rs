@@ -18,18 +18,30 @@ use super::ops::{self, group_norm::GroupNorm};
 ///
 /// On the CPU the operands go to the matrix products as strided views (candle's gemm takes
 /// any strides) and the softmax is one fused kernel ([`ops::softmax`]); the L×L weights are
-/// never copied or transposed in memory. Other devices get contiguous operands.
+/// never copied or transposed in memory. On CUDA with the `softmax` lever of
+/// `RELAY_CUDA_OPS`, qᵀ and the weights' transpose go to cuBLAS as transposed views (its
+/// "T" operands) and the softmax writes the weights in the network's type; otherwise every
+/// operand is made contiguous.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let d = q.dim(1)?;
     let dtype = q.dtype();
     let strided = ops::use_custom(q, ops::Kernel::Attention);
+    let transposed = strided || ops::cuda::use_cuda(q, ops::cuda::Lever::Softmax);
     let operand = |t: Tensor| if strided { Ok(t) } else { t.contiguous() };
-    let q = operand(q.to_dtype(DType::F32)?.transpose(1, 2)?)?; // [N, Lq, d]
+    let q = q.to_dtype(DType::F32)?;
+    // [N, Lq, d]: a transposed view needs q itself contiguous on CUDA (a slice of qkv is not).
+    let q = if transposed && !strided {
+        q.contiguous()?.transpose(1, 2)?
+    } else {
+        operand(q.transpose(1, 2)?)?
+    };
     let k = operand((k.to_dtype(DType::F32)? / (d as f64).sqrt())?)?; // [N, d, Lk]
     let logits = q.matmul(&k)?; // [N, Lq, Lk]
-    let w = ops::softmax::softmax_last_dim(&logits)?.to_dtype(dtype)?;
+    let w = ops::softmax::softmax_last_dim(&logits, dtype)?;
     // a[c, q] = Σ_k v[c, k] w[q, k]
-    operand(v.clone())?.matmul(&operand(w.transpose(1, 2)?)?)
+    let wt = w.transpose(1, 2)?;
+    let wt = if transposed { wt } else { wt.contiguous()? };
+    operand(v.clone())?.matmul(&wt)
 }
 
 /// The attention half of a block: `x + proj(attention(qkv(norm2(x))))`.

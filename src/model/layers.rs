@@ -52,7 +52,9 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
 /// pass is two matrix products and one col2im too: candle 0.11's CPU backward for `conv2d`
 /// goes through a direct `conv_transpose2d`, 15× the forward for one tiny-preset layer.
 /// Other devices keep the native convolution (there memory is what limits the batch, and
-/// im2col costs k² × the input's memory), with the backward of [`ops::conv_grad`].
+/// im2col costs k² × the input's memory), with the backward of [`ops::conv_grad`]; on CUDA
+/// with the `conv` lever of `RELAY_CUDA_OPS` (a `cudnn` build) all three directions go
+/// through cuDNN ([`ops::cuda::cudnn`]).
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
@@ -66,6 +68,10 @@ impl Module for Conv {
         }
         if x.device().is_cpu() {
             return ops::conv::conv2d_taps(x, &self.weight, &self.bias);
+        }
+        #[cfg(feature = "cudnn")]
+        if ops::cuda::use_cuda(x, ops::cuda::Lever::Conv) {
+            return ops::cuda::cudnn::conv2d_same(x, &self.weight, &self.bias);
         }
         ops::conv_grad::conv2d_same(x, &self.weight)?.broadcast_add(&self.bias.reshape((
             1,

@@ -65,6 +65,10 @@ impl DhariwalUnet {
         if vb.device().is_cpu() {
             super::ops::tune_cpu_runtime();
         }
+        #[cfg(feature = "cuda")]
+        if let candle_core::Device::Cuda(dev) = vb.device() {
+            super::ops::cuda::runtime::tune_device(dev)?;
+        }
         let s = Structure::new(cfg)?;
         let emb = s.emb_channels;
         let mapping = Mapping::new(

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! the same arithmetic, in the same order, as the tensor-op version. The EMA update
-//! (ema ← net + β·(ema − net)) gets the same treatment.
+//! (ema ← net + β·(ema − net)) gets the same treatment. On CUDA (the `adam` lever of
+//! `RELAY_CUDA_OPS`, issue 17) each pass is one kernel of `kernels/elementwise.cu` with
+//! the same float32 rounding.
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -68,6 +70,17 @@ impl InplaceOp2 for Moment {
             m * b + g * a
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let coef = (self.beta, self.one_minus_beta, self.square);
+        crate::model::ops::cuda::elementwise::adam_moment((s1, l1), (s2, l2), coef)
+    }
 }
 
 /// p ← p − step · m / (√v · inv_sqrt_bc2 + eps).
@@ -108,6 +121,19 @@ impl InplaceOp3 for Param {
             });
         Ok(())
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let coef = (self.step, self.inv_sqrt_bc2, self.eps);
+        crate::model::ops::cuda::elementwise::adam_param((s1, l1), (s2, l2), (s3, l3), coef)
+    }
 }
 
 /// ema ← net + β·(ema − net).
@@ -129,15 +155,26 @@ impl InplaceOp2 for Lerp {
         let b = self.beta;
         zip_update(s1, l1, s2, l2, self.name(), move |e, n| n + (e - n) * b)
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::model::ops::cuda::elementwise::ema_lerp((s1, l1), (s2, l2), self.beta)
+    }
 }
 
-/// The EMA update in place: `ema` a contiguous float32 CPU tensor owned by the EMA.
+/// The EMA update in place: `ema` a contiguous float32 tensor (CPU, or CUDA with the `adam`
+/// lever) owned by the EMA.
 pub fn lerp(ema: &Tensor, net: &Tensor, beta: f64) -> Result<()> {
     ema.inplace_op2(&net.contiguous()?, &Lerp { beta: beta as f32 })
 }
 
-/// One Adam step in place: `p`, `m`, `v` contiguous float32 CPU tensors that share their
-/// storage with nothing else; `g` the gradient. `bc1`, `bc2`: 1 − β₁ᵗ, 1 − β₂ᵗ.
+/// One Adam step in place: `p`, `m`, `v` contiguous float32 tensors (CPU, or CUDA with the
+/// `adam` lever) that share their storage with nothing else; `g` the gradient. `bc1`, `bc2`: 1 − β₁ᵗ, 1 − β₂ᵗ.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     p: &Tensor,

@@ -17,6 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::diffusion::rng::Stream;
+use crate::model::ops::cuda::Lever;
 
 pub use crate::diffusion::rng::mix;
 
@@ -153,8 +154,15 @@ pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
     g.clamp(-1e5f32, 1e5f32)
 }
 
-/// The global L2 norm of all gradients.
+/// The global L2 norm of all gradients. On CUDA with the `norm` lever of `RELAY_CUDA_OPS`
+/// it is [`global_norm_on_device`] (issue 17): one synchronisation instead of one per
+/// gradient tensor.
 pub fn global_norm(grads: &TensorMap) -> Result<f64> {
+    let on_device = grads.values().next().is_some_and(|g| g.device().is_cuda())
+        && crate::model::ops::cuda::enabled(Lever::Norm);
+    if on_device {
+        return global_norm_on_device(grads);
+    }
     let mut sum = 0f64;
     for g in grads.values() {
         sum += g
@@ -166,12 +174,29 @@ pub fn global_norm(grads: &TensorMap) -> Result<f64> {
     Ok(sum.sqrt())
 }
 
+/// [`global_norm`] with every squared norm summed on the gradients' device (in float64,
+/// as the host loop sums) and read back once.
+pub fn global_norm_on_device(grads: &TensorMap) -> Result<f64> {
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let parts = grads
+        .values()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
+        .collect::<Result<Vec<_>>>()?;
+    let total = Tensor::stack(&parts, 0)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(total.sqrt())
+}
+
 /// Whether the optimiser may update these tensors in place ([`super::fused_adam`]):
-/// contiguous float32 on the CPU. (No other live tensor reads their elements: weights are
-/// copied out for snapshots and the EMA; moments are created, loaded or broadcast fresh.)
+/// contiguous float32 on the CPU, or on CUDA with the `adam` lever of `RELAY_CUDA_OPS`.
+/// (No other live tensor reads their elements: weights are copied out for snapshots and
+/// the EMA; moments are created, loaded or broadcast fresh.)
 fn in_place_ok(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    ts.iter().all(|t| {
+        let device_ok = t.device().is_cpu() || crate::model::ops::cuda::use_cuda(t, Lever::Adam);
+        device_ok && t.dtype() == DType::F32 && t.is_contiguous()
+    })
 }
 
 /// `torch.optim.Adam` (no weight decay, no amsgrad), moments as float32 tensors.
@@ -223,16 +248,30 @@ impl Adam {
                 super::fused_adam::step(p, m0, v0, g, betas, lr, self.eps, (bc1, bc2))?;
                 continue;
             }
-            let m = (self.m[name].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
-            let v = (self.v[name].affine(self.beta2, 0.0)?
-                + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
-            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), self.eps)?;
-            let update = (m.div(&denom)?).affine(lr / bc1, 0.0)?;
-            var.set(&(var.as_tensor().detach() - update)?)?;
+            let [p, m, v] = self.tensor_op_update(p, m0, v0, g, lr, (bc1, bc2))?;
+            var.set(&p)?;
             self.m.insert(name.clone(), m.detach());
             self.v.insert(name.clone(), v.detach());
         }
         Ok(())
+    }
+
+    /// One tensor's update written with tensor ops: the new (p, m, v). The path for the
+    /// devices and types without the in-place kernels of [`super::fused_adam`].
+    pub fn tensor_op_update(
+        &self,
+        p: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        lr: f64,
+        (bc1, bc2): (f64, f64),
+    ) -> Result<[Tensor; 3]> {
+        let m = (m.affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
+        let v = (v.affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+        let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), self.eps)?;
+        let update = (m.div(&denom)?).affine(lr / bc1, 0.0)?;
+        Ok([(p.detach() - update)?, m, v])
     }
 }
 
@@ -327,6 +366,19 @@ mod tests {
         assert_eq!(ramped_lr(1e-4, 10_000.0, 0), 0.0);
         assert!((ramped_lr(1e-4, 10_000.0, 5_000_000) - 5e-5).abs() < 1e-15);
         assert_eq!(ramped_lr(1e-4, 0.0, 5), 1e-4);
+    }
+
+    /// The one-synchronisation norm equals the per-tensor loop (here on the CPU).
+    #[test]
+    fn global_norm_on_device_equals_the_loop() -> Result<()> {
+        let grads = TensorMap::from([
+            ("a".to_string(), Tensor::new(&[3f32, 4.], &Device::Cpu)?),
+            ("b".to_string(), Tensor::new(&[[12f32]], &Device::Cpu)?),
+        ]);
+        assert_eq!(global_norm(&grads)?, 13.0);
+        assert_eq!(global_norm_on_device(&grads)?, 13.0);
+        assert_eq!(global_norm_on_device(&TensorMap::new())?, 0.0);
+        Ok(())
     }
 
     #[test]

@@ -59,23 +59,32 @@ impl CustomOp3 for ConvGrad {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let k = w.dim(2)?;
-        let flipped = if k > 1 {
-            let rev: Vec<u32> = (0..k as u32).rev().collect();
-            let idx = Tensor::new(rev.as_slice(), w.device())?;
-            w.index_select(&idx, 2)?.index_select(&idx, 3)?
-        } else {
-            w.clone()
-        };
-        let wt = flipped.transpose(0, 1)?.contiguous()?;
         let grad = grad.contiguous()?;
-        let dx = grad.conv2d(&wt, self.pad, 1, 1, 1)?;
-        let dw = x
-            .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, self.pad, 1, 1, 1)?
-            .transpose(0, 1)?;
+        let dx = input_grad(&grad, w, self.pad)?;
+        let dw = weight_grad(x, &grad, self.pad)?;
         Ok((Some(dx), Some(dw), None))
     }
+}
+
+/// dx = conv2d(dy, flip(W)ᵀ, padding k/2), for a contiguous `grad` dy.
+pub fn input_grad(grad: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
+    let k = w.dim(2)?;
+    let flipped = if k > 1 {
+        let rev: Vec<u32> = (0..k as u32).rev().collect();
+        let idx = Tensor::new(rev.as_slice(), w.device())?;
+        w.index_select(&idx, 2)?.index_select(&idx, 3)?
+    } else {
+        w.clone()
+    };
+    let wt = flipped.transpose(0, 1)?.contiguous()?;
+    grad.conv2d(&wt, pad, 1, 1, 1)
+}
+
+/// dW = conv2d(xᵀ, dyᵀ, padding k/2)ᵀ, for a contiguous `grad` dy.
+pub fn weight_grad(x: &Tensor, grad: &Tensor, pad: usize) -> Result<Tensor> {
+    x.transpose(0, 1)?
+        .conv2d(&grad.transpose(0, 1)?, pad, 1, 1, 1)?
+        .transpose(0, 1)
 }
 
 /// `x` [B, C, H, W] ⋆ `w` [O, C, k, k] (k odd), stride 1, padding k/2, no bias.

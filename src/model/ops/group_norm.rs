@@ -20,7 +20,14 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shap
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use super::cuda::{use_cuda, Lever};
 use super::{f32_slice, use_custom, Kernel};
+
+/// Whether `x` goes through the fused kernel: the CPU's (float32) or, with the
+/// `group_norm` lever of `RELAY_CUDA_OPS`, the CUDA twin's (float32 or bfloat16).
+fn use_kernel(x: &Tensor) -> bool {
+    use_custom(x, Kernel::GroupNorm) || use_cuda(x, Lever::GroupNorm)
+}
 
 /// Forward: inputs `x` [B, C, H, W] and `ad` [2, B, C] (a, then d), both contiguous.
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +119,18 @@ impl CustomOp2 for GroupNormAct {
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ads: &candle_core::CudaStorage,
+        adl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let op = (self.groups, self.eps, self.silu);
+        super::cuda::group_norm::forward(op, xs, xl, ads, adl)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -119,6 +138,12 @@ impl CustomOp2 for GroupNormAct {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let op = (self.groups, self.eps, self.silu);
+            let (dx, dad) = super::cuda::group_norm::backward(x, ad, grad, op)?;
+            return Ok((Some(dx), Some(dad)));
+        }
         let grad = grad.contiguous()?;
         let both = x.apply_op3_no_bwd(ad, &grad, &GroupNormActBwd(*self))?;
         let n = x.elem_count();
@@ -203,6 +228,17 @@ impl CustomOp3 for GroupNormActBwd {
     }
 }
 
+/// The fused op itself, whatever `RELAY_CPU_OPS` / `RELAY_CUDA_OPS` say: `ad` [2, B, C]
+/// float32 (a, then d). For the twin tests and the op profile.
+pub fn group_norm_act(
+    x: &Tensor,
+    ad: &Tensor,
+    (groups, eps, silu): (usize, f32, bool),
+) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&ad.contiguous()?, GroupNormAct { groups, eps, silu })
+}
+
 /// GroupNorm with learned γ (`weight`) and β (`bias`), the parameters of candle-nn's
 /// `GroupNorm` under the same names, with fused variants for what follows it in a block.
 #[derive(Debug, Clone)]
@@ -240,10 +276,12 @@ impl GroupNorm {
         .forward(x)
     }
 
-    /// act(x̂·a + d) through the fused kernel, `a` and `d` [B, C] or [C] (broadcast).
+    /// act(x̂·a + d) through the fused kernel, `a` and `d` [B, C] or [C] (broadcast); the
+    /// coefficients go in as float32 whatever x's type (a no-op on the CPU).
     fn fused(&self, x: &Tensor, a: &Tensor, d: &Tensor, silu: bool) -> Result<Tensor> {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
-        let ad = Tensor::stack(&[a.broadcast_as((b, c))?, d.broadcast_as((b, c))?], 0)?;
+        let ad = Tensor::stack(&[a.broadcast_as((b, c))?, d.broadcast_as((b, c))?], 0)?
+            .to_dtype(candle_core::DType::F32)?;
         let op = GroupNormAct {
             groups: self.groups,
             eps: self.eps as f32,
@@ -254,7 +292,7 @@ impl GroupNorm {
 
     /// SiLU(GroupNorm(x)) (`norm0`, `out_norm`).
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        if use_custom(x, Kernel::GroupNorm) {
+        if use_kernel(x) {
             self.fused(x, &self.weight, &self.bias, true)
         } else {
             self.reference(x)?.silu()
@@ -269,10 +307,15 @@ impl GroupNorm {
         scale: &Tensor,
         shift: &Tensor,
     ) -> Result<Tensor> {
-        if use_custom(x, Kernel::GroupNorm) {
-            let s1 = (scale + 1.0)?;
-            let a = s1.broadcast_mul(&self.weight.unsqueeze(0)?)?;
-            let d = s1.broadcast_mul(&self.bias.unsqueeze(0)?)?.add(shift)?;
+        if use_kernel(x) {
+            // The [B, C] coefficients in float32 (no-op casts on the CPU): in a bfloat16
+            // network they would otherwise be rounded to 8 bits before the kernel sees them.
+            let f32_of = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+            let s1 = (f32_of(scale)? + 1.0)?;
+            let a = s1.broadcast_mul(&f32_of(&self.weight)?.unsqueeze(0)?)?;
+            let d = s1
+                .broadcast_mul(&f32_of(&self.bias)?.unsqueeze(0)?)?
+                .add(&f32_of(shift)?)?;
             self.fused(x, &a, &d, true)
         } else {
             let (s1, shift) = ((scale + 1.0)?.unsqueeze(2)?, shift.unsqueeze(2)?);
@@ -287,7 +330,7 @@ impl GroupNorm {
 impl Module for GroupNorm {
     /// GroupNorm(x)·γ + β.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if use_custom(x, Kernel::GroupNorm) {
+        if use_kernel(x) {
             self.fused(x, &self.weight, &self.bias, false)
         } else {
             self.reference(x)

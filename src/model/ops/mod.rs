@@ -20,9 +20,14 @@
 //! composes candle's own ops, which is also what the unit tests compare against
 //! (values and gradients, relative error ≤ 1e-5 in f32). `RELAY_CPU_OPS` switches them
 //! off one by one, to measure each (`scripts/bench-vs-torch.sh`).
+//!
+//! * [`cuda`] (issue 17): the CUDA twins of the GroupNorm and softmax kernels and of the
+//!   in-place Adam, cuDNN convolutions, allocator settings; off unless `RELAY_CUDA_OPS`
+//!   names them.
 
 pub mod conv;
 pub mod conv_grad;
+pub mod cuda;
 pub mod group_norm;
 pub mod matmul;
 pub mod softmax;

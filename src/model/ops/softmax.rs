@@ -6,17 +6,34 @@
 //! ```text
 //! y = exp(x − max x) / Σ exp(x − max x)        dx = y · (dy − Σ dy·y)
 //! ```
+//!
+//! On CUDA (the `softmax` lever of `RELAY_CUDA_OPS`) the same op runs the kernels of
+//! `kernels/softmax.cu` ([`super::cuda::softmax`]), and the forward writes the weights
+//! directly in the network's type: in bfloat16 the backward then keeps only bfloat16 y.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::{f32_slice, use_custom, Kernel};
 
+/// Forward; `out`: the type of y (float32 only on the CPU).
 #[derive(Debug, Clone, Copy)]
-struct SoftmaxLastDim;
+struct SoftmaxLastDim {
+    out: DType,
+}
 
+/// Backward, (dy, y) → dx; `out`: the type of dx (the forward's input type).
 #[derive(Debug, Clone, Copy)]
-struct SoftmaxLastDimBwd;
+struct SoftmaxLastDimBwd {
+    out: DType,
+}
+
+fn cpu_f32_only(name: &str, out: DType) -> Result<()> {
+    if out != DType::F32 {
+        candle_core::bail!("{name}: the CPU kernel writes float32, asked for {out:?}");
+    }
+    Ok(())
+}
 
 impl CustomOp1 for SoftmaxLastDim {
     fn name(&self) -> &'static str {
@@ -24,6 +41,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_f32_only(self.name(), self.out)?;
         let x = f32_slice(s, l, self.name())?;
         let n = l.shape().dims().last().copied().unwrap_or(1);
         let mut out = vec![0f32; x.len()];
@@ -44,9 +62,19 @@ impl CustomOp1 for SoftmaxLastDim {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(grad.apply_op2_no_bwd(res, &SoftmaxLastDimBwd)?))
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax::forward(s, l, self.out)
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.to_dtype(res.dtype())?.contiguous()?;
+        let op = SoftmaxLastDimBwd { out: arg.dtype() };
+        Ok(Some(grad.apply_op2_no_bwd(res, &op)?))
     }
 }
 
@@ -62,6 +90,7 @@ impl CustomOp2 for SoftmaxLastDimBwd {
         ys: &CpuStorage,
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        cpu_f32_only(self.name(), self.out)?;
         let g = f32_slice(gs, gl, self.name())?;
         let y = f32_slice(ys, yl, self.name())?;
         let n = gl.shape().dims().last().copied().unwrap_or(1);
@@ -79,17 +108,46 @@ impl CustomOp2 for SoftmaxLastDimBwd {
         }
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax::backward(gs, gl, ys, yl, self.out)
+    }
 }
 
-/// Softmax over the last dimension: the fused kernel for float32 on the CPU, else the
-/// composite with the (detached) row maximum subtracted.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if use_custom(x, Kernel::Attention) {
-        return x.contiguous()?.apply_op1(SoftmaxLastDim);
-    }
+/// The fused op itself, whatever `RELAY_CPU_OPS` / `RELAY_CUDA_OPS` say (the CPU writes
+/// float32 only). For the twin tests and the op profile.
+pub fn softmax_op(x: &Tensor, out: DType) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxLastDim { out })
+}
+
+/// candle's composite softmax with the (detached) row maximum subtracted, in `dtype`.
+pub fn softmax_composite(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension, returned in `dtype`: the fused kernel for float32 on
+/// the CPU, the CUDA kernel with the `softmax` lever (which writes `dtype` itself), else
+/// the composite with the (detached) row maximum subtracted.
+pub fn softmax_last_dim(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::cuda::use_cuda(x, super::cuda::Lever::Softmax)
+        && super::cuda::softmax::supports(x, dtype)
+    {
+        return softmax_op(x, dtype);
+    }
+    if use_custom(x, Kernel::Attention) {
+        return softmax_op(x, DType::F32)?.to_dtype(dtype);
+    }
+    softmax_composite(x, dtype)
 }
 
 #[cfg(test)]
@@ -107,7 +165,9 @@ mod tests {
         for dims in [(3, 5, 7), (2, 1, 64), (1, 4, 2)] {
             let x = Var::randn(0f32, 3., dims, &dev)?;
             let up = Tensor::randn(0f32, 1., dims, &dev)?;
-            let ours = x.contiguous()?.apply_op1(SoftmaxLastDim)?;
+            let ours = x
+                .contiguous()?
+                .apply_op1(SoftmaxLastDim { out: DType::F32 })?;
             let x64 = Var::from_tensor(&x.to_dtype(DType::F64)?)?;
             let theirs = candle_nn::ops::softmax(&x64, D::Minus1)?;
             let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
