@@ -3,6 +3,9 @@
 //! no destructors, no flushing, as kill -9 would leave it. Only the tests set it; unset, a
 //! point costs one relaxed atomic load.
 //!
+//! `RELAY_CRASH_WORKER=I` limits the crash to worker I of a fan-out (the process whose
+//! `RELAY_WORKER_INDEX` is I): its parent, which redoes the worker's shard, does not crash.
+//!
 //! The points are the commit steps of everything that must survive a crash:
 //! `publish:*` (a stage's output into place, [`crate::exec::commit`]), `shard:*` (a tar
 //! shard and its manifest part), `snapshot:*` (a training snapshot). `relay` documents the
@@ -16,6 +19,11 @@ fn target() -> &'static Option<(String, u64)> {
     static T: OnceLock<Option<(String, u64)>> = OnceLock::new();
     T.get_or_init(|| {
         let v = std::env::var("RELAY_CRASH_AT").ok()?;
+        if let Ok(w) = std::env::var("RELAY_CRASH_WORKER") {
+            if std::env::var("RELAY_WORKER_INDEX").ok() != Some(w) {
+                return None;
+            }
+        }
         Some(match v.rsplit_once(':') {
             Some((name, n)) if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() => {
                 (name.to_string(), n.parse().unwrap_or(1))

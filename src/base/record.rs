@@ -129,8 +129,12 @@ pub struct Record {
     pub started: String,
     pub ended: String,
     pub seconds: f64,
-    /// `cpu` or `cuda:N`.
+    /// `cpu` or `cuda:N`: where it ran (the first of `devices`).
     pub device: String,
+    /// Every device it held, when the run handed devices out (`--devices`): `cuda:0`,
+    /// `cpu#1`, ... Absent for one process on one device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// Wall-clock hours times the number of devices held.
     pub device_hours: f64,
     /// Images read, seen or made, where that applies.

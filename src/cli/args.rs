@@ -67,9 +67,18 @@ pub struct RunArgs {
     /// Print what would run, run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Device for GPU stages: auto, cpu, cuda or cuda:N.
+    /// Device for GPU stages: auto, cpu, cuda or cuda:N. `auto` is every CUDA device of a
+    /// `cuda` build (see --devices), else the CPU.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceSpec,
+    /// The devices relay hands out to GPU stages: `0,1,2,3` (CUDA devices, after
+    /// CUDA_VISIBLE_DEVICES) or `cpu*4` (four CPU workers). A training stage holds
+    /// `resources.gpus` of them (default 1) and trains data-parallel on them; a sampling
+    /// stage takes every free one and runs a worker on each. Default: the pipeline's
+    /// `devices:`, else every CUDA device of a `cuda` build, else none (CPU stages share
+    /// the machine through --jobs).
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     /// How many stages may run at once (default: the number of CPU cores, at least 2).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -195,6 +204,10 @@ pub struct PlanArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub select: SelectArgs,
+    /// The devices `relay run` would hand out (as `relay run --devices`): the plan says
+    /// how many each GPU stage would hold.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -254,6 +267,8 @@ pub(crate) fn run_options(
         keep_going,
         dry_run,
         device,
+        devices: Vec::new(),
+        exe: None,
         jobs: jobs.unwrap_or(cores.max(2)),
         shard,
         lockfile: None,

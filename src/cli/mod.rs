@@ -87,6 +87,12 @@ pub enum Command {
     /// The experiment table: one row per evaluated stage instance, with its matrix values,
     /// changed parameters, metrics, cost and status.
     Show(metrics::ShowArgs),
+    /// One worker of a sampling stage fanned out over devices (started by `relay run`).
+    #[command(hide = true)]
+    Worker {
+        /// The job file its parent wrote.
+        job: std::path::PathBuf,
+    },
 }
 
 /// An error caused by the user's input (exit code 2).
@@ -121,5 +127,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Metrics(a) => metrics::metrics(&a),
         Command::Stats(a) => metrics::stats(&a),
         Command::Show(a) => metrics::show(&a),
+        Command::Worker { job } => crate::stage::fanout::run_worker(&job).map(|()| 0),
     }
 }

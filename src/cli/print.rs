@@ -33,6 +33,11 @@ pub fn plan(r: &RunReport) {
             Status::WouldRun(_) => "run",
             other => other.word(),
         };
+        let detail = if s.devices.is_empty() {
+            detail
+        } else {
+            format!("[holds {}] {detail}", s.devices.join(", "))
+        };
         println!("{:<w$}  {:<14} {:<8} {}", s.name, s.kind, word, detail);
     }
 }
@@ -71,24 +76,41 @@ fn results(r: &RunReport) {
 
 pub fn summary(r: &RunReport) {
     let w = name_width(r.stages.iter().map(|s| s.name.as_str()));
-    println!("{:<w$}  {:<10} {:>9}  output", "stage", "status", "seconds");
-    for s in &r.stages {
-        let out = s
-            .output
-            .as_ref()
-            .map(|p| crate::util::display_path(p))
-            .unwrap_or_else(|| match &s.status {
-                Status::Skipped(why) | Status::Blocked(why) | Status::Busy(why) => {
-                    format!("({why})")
-                }
-                _ => String::new(),
-            });
+    // With devices handed out (`--devices`): which stage held which, and the cost.
+    let devices = r.stages.iter().any(|s| !s.devices.is_empty());
+    if devices {
+        let dw = r
+            .stages
+            .iter()
+            .map(|s| s.devices.join(",").len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        println!(
+            "{:<w$}  {:<10} {:>9} {:>12}  {:<dw$}  output",
+            "stage", "status", "seconds", "device-hours", "devices"
+        );
+        for s in &r.stages {
+            println!(
+                "{:<w$}  {:<10} {:>9.1} {:>12.4}  {:<dw$}  {}",
+                s.name,
+                s.status.word(),
+                s.seconds,
+                s.seconds * s.devices.len() as f64 / 3600.0,
+                s.devices.join(","),
+                output_cell(s)
+            );
+        }
+    } else {
+        println!("{:<w$}  {:<10} {:>9}  output", "stage", "status", "seconds");
+    }
+    for s in r.stages.iter().filter(|_| !devices) {
         println!(
             "{:<w$}  {:<10} {:>9.1}  {}",
             s.name,
             s.status.word(),
             s.seconds,
-            out
+            output_cell(s)
         );
     }
     results(r);
@@ -102,30 +124,67 @@ pub fn summary(r: &RunReport) {
     }
 }
 
+/// A stage's output folder, or why it has none.
+fn output_cell(s: &crate::exec::StageReport) -> String {
+    s.output
+        .as_ref()
+        .map(|p| crate::util::display_path(p))
+        .unwrap_or_else(|| match &s.status {
+            Status::Skipped(why) | Status::Blocked(why) | Status::Busy(why) => {
+                format!("({why})")
+            }
+            _ => String::new(),
+        })
+}
+
 pub fn status(plan: &Plan) {
     let records = crate::base::record::read_all(&plan.spec.workdir);
     let jobs = crate::exec::slurm::JobsFile::load(&plan.spec.workdir);
     let w = name_width(plan.nodes.iter().map(|n| n.name.as_str()));
     println!(
-        "{:<w$}  {:<10} {:<21} {:>9} {:>12}  output",
-        "stage", "last run", "ended (UTC)", "seconds", "device-hours"
+        "{:<w$}  {:<10} {:<21} {:>9} {:>12}  {:<10}  output",
+        "stage", "last run", "ended (UTC)", "seconds", "device-hours", "devices"
     );
     for &i in &plan.order {
         let name = &plan.nodes[i].name;
         match records.iter().rev().find(|r| &r.stage == name) {
             Some(r) => println!(
-                "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {}",
+                "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {:<10}  {}",
                 name,
                 r.status,
                 r.ended,
                 r.seconds,
                 r.device_hours,
+                if r.devices.is_empty() {
+                    r.device.clone()
+                } else {
+                    r.devices.join(",")
+                },
                 r.output
                     .as_ref()
                     .map(|o| crate::util::display_path(&o.dir))
                     .unwrap_or_default()
             ),
             None => println!("{:<w$}  {:<10}", name, "never"),
+        }
+        // Per-device time of a fanned-out stage (its workers).
+        if let Some(serde_json::Value::Array(ws)) = records
+            .iter()
+            .rev()
+            .find(|r| &r.stage == name)
+            .and_then(|r| r.info.get("workers"))
+        {
+            for wk in ws {
+                let d = &wk["done"];
+                println!(
+                    "{:<w$}    worker {}: {} shards, {:.1} s ({})",
+                    "",
+                    wk["device"].as_str().unwrap_or("?"),
+                    d["shards"].as_u64().unwrap_or(0),
+                    d["seconds"].as_f64().unwrap_or(0.0),
+                    wk["exit"].as_str().unwrap_or("?")
+                );
+            }
         }
         if let Some(js) = jobs.stages.get(name) {
             for j in js {

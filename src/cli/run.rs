@@ -21,7 +21,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if slurm {
         return super::slurm::run(plan, &a);
     }
-    let mut opts = run_options(&a.select, a.dry_run, a.device, a.jobs, a.keep_going, None);
+    let (device, devices) = local_devices(a.device, a.devices.as_deref(), &plan)?;
+    let mut opts = run_options(&a.select, a.dry_run, device, a.jobs, a.keep_going, None);
+    opts.devices = devices;
     opts.lockfile = a.lockfile.clone();
     let dry = opts.dry_run;
     let report = run_blocking(plan, opts)?;
@@ -33,10 +35,42 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     Ok(print::exit_code(&report))
 }
 
+/// The device of GPU stages and the devices handed out (`--device`, `--devices`, the
+/// pipeline's `devices:`), checked before anything runs: a device this machine lacks is
+/// bad input (exit 2); `auto` on a `cuda` build without a GPU says so once, loudly.
+fn local_devices(
+    device: DeviceSpec,
+    list: Option<&str>,
+    plan: &crate::plan::Plan,
+) -> anyhow::Result<(DeviceSpec, Vec<crate::device::DeviceToken>)> {
+    let list = list.or(plan.spec.devices.as_deref());
+    if list.is_some() && device != DeviceSpec::Auto {
+        return Err(BadInput(format!(
+            "--device {device} and a device list (`{}`) both say where GPU stages run: give one of them",
+            list.unwrap_or_default()
+        ))
+        .into());
+    }
+    let devices = crate::device::run_devices(list, device).map_err(|e| BadInput(e.to_string()))?;
+    let device = match devices.first() {
+        Some(d) => d.spec,
+        None => {
+            let (d, warning) = device.resolve().map_err(|e| BadInput(e.to_string()))?;
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            d
+        }
+    };
+    Ok((device, devices))
+}
+
 /// `relay plan`: what would run, and why.
 pub fn plan(a: PlanArgs) -> anyhow::Result<i32> {
     let plan = load_plan(&a.pipeline)?;
-    let opts = run_options(&a.select, true, DeviceSpec::Auto, None, false, None);
+    let (device, devices) = local_devices(DeviceSpec::Auto, a.devices.as_deref(), &plan)?;
+    let mut opts = run_options(&a.select, true, device, None, false, None);
+    opts.devices = devices;
     let report = run_blocking(plan, opts)?;
     print::plan(&report);
     Ok(0)
@@ -47,8 +81,18 @@ pub fn plan(a: PlanArgs) -> anyhow::Result<i32> {
 pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     let plan = load_plan(&a.pipeline)?;
     let world = crate::train::World::from_env()?;
+    let device = if world.size > 1 {
+        // A launched rank: its device is cuda:LOCAL_RANK (checked by the stage).
+        a.device
+    } else {
+        let (d, warning) = a.device.resolve().map_err(|e| BadInput(e.to_string()))?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        d
+    };
     if world.rank > 0 {
-        crate::exec::follow::run(&plan, &a.stage, a.device, world)?;
+        crate::exec::follow::run(&plan, &a.stage, device, world)?;
         return Ok(0);
     }
     let select = SelectArgs {
@@ -57,7 +101,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         until: None,
         force: vec![],
     };
-    let mut opts = run_options(&select, false, a.device, Some(1), false, a.shard);
+    let mut opts = run_options(&select, false, device, Some(1), false, a.shard);
     opts.world = world;
     let launch = if world.size > 1 {
         let (addr, port) = launch::address_from_env()?;

@@ -15,6 +15,10 @@
 //! # Reading offsets ([`index_members`])
 //! `source/webdataset` needs random access to shuffle, so it records where each member's
 //! bytes are. The scanner understands ustar, GNU long names (`L`) and pax `path` records.
+//! Why a second reader beside the `webdataset` crate's (`data/wds.rs`, which the training
+//! data loader streams through): that crate yields members in order from a stream and
+//! exposes no offsets, so it cannot seek to one member; here only headers are read and the
+//! crate's own `base_plus_ext` still splits the names (`source/list.rs`).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};

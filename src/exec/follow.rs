@@ -128,6 +128,9 @@ fn follow(
         project_root: plan.spec.project_root.clone(),
         fingerprint: "0".repeat(64),
         device,
+        devices: Vec::new(),
+        exe: None,
+        worker: None,
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

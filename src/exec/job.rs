@@ -16,7 +16,7 @@ use crate::base::cancel::{Cancel, Cancelled};
 use crate::base::lock::Mode;
 use crate::base::record::{self, FingerprintInputs, Record};
 use crate::base::world::World;
-use crate::device::DeviceSpec;
+use crate::device::{DeviceSpec, DeviceToken};
 use crate::plan::Plan;
 use crate::stage::context::LogFile;
 use crate::stage::{Input, Progress, ShardSel, StageContext};
@@ -37,6 +37,10 @@ pub struct StageJob {
     pub fingerprint: String,
     pub inputs: Vec<Input>,
     pub device: DeviceSpec,
+    /// The devices it holds (handed out by the drain loop; empty: it runs on `device`).
+    pub devices: Vec<DeviceToken>,
+    /// The relay binary its workers run.
+    pub exe: Option<std::path::PathBuf>,
     pub shard: Option<ShardSel>,
     pub cancel: Cancel,
     pub ui: Ui,
@@ -148,7 +152,10 @@ pub fn run_stage(job: StageJob) -> Message {
                     pipeline_dir: spec.dir.clone(),
                     project_root: spec.project_root.clone(),
                     fingerprint: job.fingerprint.clone(),
-                    device: job.device,
+                    device: job.devices.first().map_or(job.device, |d| d.spec),
+                    devices: job.devices.clone(),
+                    exe: job.exe.clone(),
+                    worker: None,
                     threads: std::thread::available_parallelism()
                         .map(|n| n.get())
                         .unwrap_or(1),
@@ -161,6 +168,7 @@ pub fn run_stage(job: StageJob) -> Message {
                 node.kind.run(&cx)
             });
         let ended = SystemTime::now();
+        let seconds = t0.elapsed().as_secs_f64();
         let mut rec = Record {
             pipeline: spec.name.clone(),
             stage: node.name.clone(),
@@ -169,13 +177,14 @@ pub fn run_stage(job: StageJob) -> Message {
             status: String::new(),
             started: record::rfc3339(started_wall),
             ended: record::rfc3339(ended),
-            seconds: t0.elapsed().as_secs_f64(),
-            device: if node.kind.resources(&node.params).gpu {
-                job.device.describe()
-            } else {
-                "cpu".into()
+            seconds,
+            device: match job.devices.first() {
+                Some(d) => d.name.clone(),
+                None if node.kind.resources(&node.params).gpu => job.device.describe(),
+                None => "cpu".into(),
             },
-            device_hours: t0.elapsed().as_secs_f64() / 3600.0,
+            devices: job.devices.iter().map(|d| d.name.clone()).collect(),
+            device_hours: seconds / 3600.0 * job.devices.len().max(1) as f64,
             images: None,
             attempt,
             what: job.what.clone(),

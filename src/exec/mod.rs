@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::base::cancel::Cancel;
 use crate::base::record::{FingerprintInputs, InputRef};
 use crate::base::world::World;
-use crate::device::DeviceSpec;
+use crate::device::{DeviceSpec, DeviceToken};
 use crate::plan::graph::Graph;
 use crate::plan::Plan;
 use crate::stage::{PlanContext, ShardSel};
@@ -66,7 +66,14 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Decide, print, run nothing.
     pub dry_run: bool,
+    /// Where GPU stages run when no devices are handed out (`--device`, resolved).
     pub device: DeviceSpec,
+    /// The devices the executor hands out (`--devices`, `devices:`, every CUDA device):
+    /// a GPU stage holds one (a training stage `resources.gpus`, a sampling stage every
+    /// free one) while it runs. Empty: stages run on `device` and share it.
+    pub devices: Vec<DeviceToken>,
+    /// The relay binary that sampling workers run (default: this executable).
+    pub exe: Option<PathBuf>,
     /// How many stages may run at once.
     pub jobs: usize,
     /// `relay exec --shard I/N`.
@@ -99,6 +106,8 @@ struct NodeRun {
     seconds: f64,
     /// Set when it is queued to run.
     eval: Option<Evaluation>,
+    /// The devices it held (or, in a dry run, would hold).
+    devices: Vec<String>,
 }
 
 impl NodeRun {
@@ -109,6 +118,7 @@ impl NodeRun {
             fingerprint: None,
             seconds: 0.0,
             eval: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -132,15 +142,15 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(plan: Plan, opts: RunOptions) -> Result<Self, crate::spec::SpecError> {
+    pub fn new(plan: Plan, opts: RunOptions) -> Result<Self, crate::spec::SpecErrors> {
         let n = plan.nodes.len();
         let deps = plan.deps();
         let g = Graph { deps: &deps };
         let mut selected = vec![true; n];
-        let pick = |names: &[String]| -> Result<Vec<usize>, crate::spec::SpecError> {
+        let pick = |names: &[String]| -> Result<Vec<usize>, crate::spec::SpecErrors> {
             let mut out = Vec::new();
             for s in names {
-                out.extend(plan.select(s)?);
+                out.extend(plan.select(s).map_err(crate::spec::SpecErrors::from)?);
             }
             Ok(out)
         };
@@ -161,10 +171,33 @@ impl Executor {
             if f == "*" || f.is_empty() {
                 forced = vec![true; n];
             } else {
-                for i in plan.select(f)? {
+                for i in plan.select(f).map_err(crate::spec::SpecErrors::from)? {
                     forced[i] = true;
                 }
             }
+        }
+        let mut short = Vec::new();
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let need = stage_need(node, &opts);
+            if selected[i] && !opts.devices.is_empty() && need.devices > opts.devices.len() {
+                short.push(
+                    crate::spec::SpecError::new(
+                        &plan.spec.file,
+                        format!(
+                            "wants {} devices (`resources.gpus: {}`) but this run has {} ({})",
+                            need.devices,
+                            need.devices,
+                            opts.devices.len(),
+                            device_names(&opts.devices).join(", ")
+                        ),
+                    )
+                    .stage(&node.name)
+                    .hint("give more with --devices (e.g. --devices 0,1,2,3 or cpu*4), or lower `resources.gpus`"),
+                );
+            }
+        }
+        if !short.is_empty() {
+            return Err(crate::spec::SpecErrors(short));
         }
         Ok(Self {
             plan: Arc::new(plan),
@@ -326,19 +359,15 @@ impl Executor {
             runs[i].state = eval.state;
             return Decision::Settled(Status::Cached);
         }
+        let need = stage_need(node, &self.opts);
         if self.opts.dry_run {
+            runs[i].devices = need_words(need);
             return Decision::Settled(Status::WouldRun(eval.why));
         }
         if stopping {
             return Decision::Settled(Status::Skipped("the run is stopping".into()));
         }
-        let wants_gpu = node.kind.resources(&node.params).gpu && self.opts.device.is_accelerator();
-        Decision::Run(
-            Box::new(eval),
-            Need {
-                devices: usize::from(wants_gpu),
-            },
-        )
+        Decision::Run(Box::new(eval), need)
     }
 
     /// Run the plan to the end (or until cancelled / a failure without --keep-going).
@@ -346,8 +375,12 @@ impl Executor {
         let plan = &self.plan;
         let workdir = self.workdir().to_path_buf();
         let mut runs: Vec<NodeRun> = plan.nodes.iter().map(|_| NodeRun::new()).collect();
-        let devices = usize::from(self.opts.device.is_accelerator());
-        let mut queue = Queue::new(plan.deps(), plan.order.clone(), self.opts.jobs, devices);
+        let mut queue = Queue::new(
+            plan.deps(),
+            plan.order.clone(),
+            self.opts.jobs,
+            self.opts.devices.len(),
+        );
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         let mut failed = false;
 
@@ -386,6 +419,12 @@ impl Executor {
             while let Some((i, lease)) = queue.start_next() {
                 let eval = runs[i].eval.take().expect("a queued stage was evaluated");
                 runs[i].status = Status::Running;
+                let devices: Vec<DeviceToken> = lease
+                    .devices
+                    .iter()
+                    .map(|&d| self.opts.devices[d].clone())
+                    .collect();
+                runs[i].devices = device_names(&devices);
                 let job = StageJob {
                     plan: self.plan.clone(),
                     node: i,
@@ -404,6 +443,8 @@ impl Executor {
                         })
                         .collect(),
                     device: self.opts.device,
+                    devices,
+                    exe: self.opts.exe.clone(),
                     shard: self.opts.shard,
                     cancel: self.cancel.clone(),
                     ui: self.ui.clone(),
@@ -462,6 +503,7 @@ impl Executor {
                 status: runs[i].status.clone(),
                 seconds: runs[i].seconds,
                 fingerprint: runs[i].fingerprint.clone(),
+                devices: runs[i].devices.clone(),
             })
             .collect();
         Ok(RunReport {
@@ -505,4 +547,36 @@ impl Executor {
                 .println(&format!("warning: could not write relay.lock: {e}"));
         }
     }
+}
+
+/// What a stage holds while it runs when the run hands out devices: nothing for CPU
+/// stages; `resources.gpus` (default 1) for a GPU stage; for a stage that fans out over
+/// devices (sampling), one to start and every free one (up to `resources.gpus`) it finds.
+/// A `relay exec --shard` worker or a launched rank is one process on one device.
+fn stage_need(node: &crate::plan::Node, opts: &RunOptions) -> Need {
+    let r = node.kind.resources(&node.params);
+    if !r.gpu || opts.devices.is_empty() {
+        return Need::exactly(0);
+    }
+    let gpus = node.resources.gpus.map(|g| g as usize);
+    if opts.shard.is_some() || opts.world.size > 1 {
+        Need::exactly(1)
+    } else if r.fan_out {
+        Need::up_to(1, gpus.unwrap_or(usize::MAX))
+    } else {
+        Need::exactly(gpus.unwrap_or(1).max(1))
+    }
+}
+
+fn need_words(need: Need) -> Vec<String> {
+    match need {
+        Need { devices: 0, .. } => vec![],
+        Need { devices, most } if most > devices => vec!["every free device".into()],
+        Need { devices: 1, .. } => vec!["1 device".into()],
+        Need { devices, .. } => vec![format!("{devices} devices")],
+    }
+}
+
+fn device_names(d: &[DeviceToken]) -> Vec<String> {
+    d.iter().map(|t| t.name.clone()).collect()
 }

@@ -18,8 +18,28 @@
 /// What a stage holds while it runs, beside its job slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Need {
-    /// Device tokens (0: a CPU-only stage).
+    /// Device tokens it needs to start (0: a CPU-only stage).
     pub devices: usize,
+    /// Device tokens it takes if they are free when it starts (at least `devices`): a
+    /// sampling stage starts on one device and fans out over every free one.
+    pub most: usize,
+}
+
+impl Need {
+    /// Exactly `n` devices.
+    pub const fn exactly(n: usize) -> Self {
+        Self {
+            devices: n,
+            most: n,
+        }
+    }
+    /// At least `least`, and as many more free ones as there are, up to `most`.
+    pub const fn up_to(least: usize, most: usize) -> Self {
+        Self {
+            devices: least,
+            most: if most < least { least } else { most },
+        }
+    }
 }
 
 /// What a started node holds until it finishes: one job slot and these device tokens.
@@ -118,7 +138,7 @@ impl Queue {
         };
         let devices: Vec<usize> = (0..self.free_devices.len())
             .filter(|&d| self.free_devices[d])
-            .take(need.devices)
+            .take(need.most.max(need.devices))
             .collect();
         for &d in &devices {
             self.free_devices[d] = false;
@@ -177,8 +197,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    const CPU: Need = Need { devices: 0 };
-    const GPU: Need = Need { devices: 1 };
+    const CPU: Need = Need::exactly(0);
+    const GPU: Need = Need::exactly(1);
 
     /// a -> {b, c} -> d, declared in that order.
     fn diamond(slots: usize, devices: usize) -> Queue {
@@ -236,7 +256,7 @@ mod tests {
     fn devices_are_tokens() {
         // Three independent GPU stages and a CPU one on two devices.
         let mut q = Queue::new(vec![vec![]; 4], vec![0, 1, 2, 3], 8, 2);
-        for (i, need) in [(0, GPU), (1, Need { devices: 2 }), (2, GPU), (3, CPU)] {
+        for (i, need) in [(0, GPU), (1, Need::exactly(2)), (2, GPU), (3, CPU)] {
             assert_eq!(q.next_ready(), Some(i));
             q.enqueue(i, need).unwrap();
         }
@@ -260,11 +280,41 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_stage_takes_every_free_device_and_gives_them_back() {
+        // A sampling stage (1..=8) beside a training stage that holds one of four devices.
+        let mut q = Queue::new(vec![vec![]; 3], vec![0, 1, 2], 8, 4);
+        q.next_ready();
+        q.enqueue(0, GPU).unwrap();
+        assert_eq!(q.start_next(), Some((0, Lease { devices: vec![0] })));
+        q.next_ready();
+        q.enqueue(1, Need::up_to(1, 8)).unwrap();
+        assert_eq!(
+            q.start_next(),
+            Some((
+                1,
+                Lease {
+                    devices: vec![1, 2, 3]
+                }
+            ))
+        );
+        q.next_ready();
+        q.enqueue(2, GPU).unwrap();
+        assert_eq!(q.start_next(), None, "every device is held");
+        q.finish(1);
+        assert_eq!(q.start_next(), Some((2, Lease { devices: vec![1] })));
+        // Capped: two of the three free devices.
+        let mut q = Queue::new(vec![vec![]], vec![0], 1, 3);
+        q.next_ready();
+        q.enqueue(0, Need::up_to(1, 2)).unwrap();
+        assert_eq!(q.start_next().unwrap().1.devices, vec![0, 1]);
+    }
+
+    #[test]
     fn too_many_devices_is_refused_not_a_hang() {
         let mut q = Queue::new(vec![vec![]], vec![0], 1, 2);
         q.next_ready();
         assert_eq!(
-            q.enqueue(0, Need { devices: 3 }),
+            q.enqueue(0, Need::exactly(3)),
             Err(Unsatisfiable {
                 wanted: 3,
                 available: 2

@@ -60,6 +60,10 @@ pub struct StageReport {
     pub seconds: f64,
     pub output: Option<PathBuf>,
     pub fingerprint: Option<String>,
+    /// The devices it held while it ran (`--devices`), or, for a dry run, what it would
+    /// hold (`1 device`, `2 devices`, `every free device`); empty when no devices are
+    /// handed out.
+    pub devices: Vec<String>,
 }
 
 /// The result of a run.

@@ -3,11 +3,10 @@
 use super::{Executor, RunOptions, RunReport};
 use crate::base::cancel::Cancel;
 use crate::plan::Plan;
-use crate::spec::SpecErrors;
 
 /// Run `plan` to its end on a fresh runtime; the first Ctrl-C cancels it.
 pub fn run_blocking(plan: Plan, opts: RunOptions) -> anyhow::Result<RunReport> {
-    let exec = Executor::new(plan, opts).map_err(SpecErrors::from)?;
+    let exec = Executor::new(plan, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)

@@ -240,6 +240,11 @@ pub fn merge(out: &Path, plans: &[ShardPlan], preview: usize) -> anyhow::Result<
             missing[0]
         );
     }
+    // Temporary files of writers that died (a killed worker): the caller commits the
+    // stage, so no live writer owns them.
+    for d in [out.to_path_buf(), out.join(".parts")] {
+        crate::data::prep::clean_tmp(&d)?;
+    }
     let parts: Vec<PathBuf> = plans.iter().map(|p| part_path(out, p.index)).collect();
     // Completeness: exactly the requested (sample id, seed) pairs, each once.
     let mut seen = Vec::new();

@@ -37,6 +37,8 @@ pub struct PipelineSpec {
     pub source: String,
     /// `executor:` (`local` or `slurm`).
     pub executor: Option<String>,
+    /// `devices:` as a device list (`0,1` or `cpu*4`), checked when a run starts.
+    pub devices: Option<String>,
     pub stages: Vec<StageSpec>,
 }
 
@@ -229,6 +231,16 @@ pub fn load_with_vars(
             .hint("use `local` or `slurm`")
             .into());
     }
+    let devices = match &wire.devices {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(v) => Some(devices_list(v).ok_or_else(|| {
+            SpecError::new(
+                &file,
+                "`devices` must be a list like `0,1`, `[0, 1]` or `cpu*4`",
+            )
+            .at(locate::locate(&source, &["devices"]))
+        })?),
+    };
     let mut errors = Vec::new();
     let mut stages = Vec::new();
     for (name, st) in wire.stages.0 {
@@ -376,8 +388,27 @@ pub fn load_with_vars(
         workdir,
         source,
         executor: wire.executor,
+        devices,
         stages,
     })
+}
+
+/// `devices:` as the `--devices` syntax: a string or number as is, a list joined by commas.
+fn devices_list(v: &serde_yaml::Value) -> Option<String> {
+    use serde_yaml::Value;
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        _ => None,
+    };
+    match v {
+        Value::Sequence(items) => items
+            .iter()
+            .map(one)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        other => one(other),
+    }
 }
 
 fn valid_name(name: &str) -> bool {

@@ -26,6 +26,10 @@ pub struct PipelineWire {
     /// `local` (default) or `slurm`: where stages run (`--executor` overrides it).
     #[serde(default)]
     pub executor: Option<String>,
+    /// The devices `relay run` hands out: `cpu*4`, `0,1,2,3`, or a list `[0, 1]`
+    /// (`--devices` overrides it).
+    #[serde(default)]
+    pub devices: Option<serde_yaml::Value>,
     /// Cluster resources every stage gets unless it says otherwise ([`ResourcesWire`], read
     /// after `${var}` interpolation).
     #[serde(default)]

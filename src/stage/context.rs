@@ -9,10 +9,10 @@ use super::Params;
 pub use crate::base::cancel::{Cancel, Cancelled};
 use crate::base::lock::{self, FileLock, TryLock};
 use crate::base::world::World;
-use crate::device::DeviceSpec;
+use crate::device::{DeviceSpec, DeviceToken};
 
 /// An upstream stage's published output.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Input {
     /// Instance name (e.g. `pairs` or `relay@block_scale=0.15`).
     pub name: String,
@@ -163,8 +163,15 @@ pub struct StageContext {
     pub project_root: PathBuf,
     /// The stage's fingerprint (hex).
     pub fingerprint: String,
-    /// The device the user chose (`--device`).
+    /// Where it runs: the first of `devices`, else the device the user chose (`--device`).
     pub device: DeviceSpec,
+    /// The devices the executor handed it (`--devices`): a sampling stage runs a worker on
+    /// each, a training stage one rank on each. Empty: one process on `device`.
+    pub devices: Vec<DeviceToken>,
+    /// The relay binary that workers run (default: this executable).
+    pub exe: Option<PathBuf>,
+    /// Set in a worker process of a fan-out ([`super::fanout`]).
+    pub worker: Option<super::fanout::WorkerRole>,
     /// Worker threads the stage may use.
     pub threads: usize,
     /// `relay exec --shard I/N`.
@@ -192,6 +199,9 @@ impl StageContext {
             workdir,
             fingerprint: "0".repeat(64),
             device: DeviceSpec::Cpu,
+            devices: Vec::new(),
+            exe: None,
+            worker: None,
             threads: 1,
             shard: None,
             world: World::default(),
@@ -228,11 +238,7 @@ impl StageContext {
     /// ghost). Waits while another process holds it — it is alive, or its lock would be
     /// free — so the caller must check afterwards whether that process finished the shard.
     pub fn lock_shard(&self, index: usize) -> anyhow::Result<FileLock> {
-        let path = self
-            .workdir
-            .join(".relay")
-            .join("locks")
-            .join(format!("{}.shard-{index}.lock", self.name));
+        let path = self.shard_lock_path(index);
         match lock::try_lock(&path)? {
             TryLock::Acquired(l) => Ok(l),
             TryLock::Held => {
@@ -242,6 +248,29 @@ impl StageContext {
                 Ok(lock::lock_blocking(&path)?)
             }
         }
+    }
+
+    /// Take shard `index` if no other process holds it (a fan-out worker moves on to the
+    /// next shard instead of waiting).
+    pub fn try_lock_shard(&self, index: usize) -> anyhow::Result<Option<FileLock>> {
+        Ok(match lock::try_lock(&self.shard_lock_path(index))? {
+            TryLock::Acquired(l) => Some(l),
+            TryLock::Held => None,
+        })
+    }
+
+    fn shard_lock_path(&self, index: usize) -> PathBuf {
+        self.workdir
+            .join(".relay")
+            .join("locks")
+            .join(format!("{}.shard-{index}.lock", self.name))
+    }
+
+    /// The name of this process's device in records and manifests.
+    pub fn device_name(&self) -> String {
+        self.devices
+            .first()
+            .map_or_else(|| self.device.describe(), |d| d.name.clone())
     }
 
     /// Resolve a user-given path: absolute as is, relative to the pipeline file's folder.

@@ -138,7 +138,10 @@ impl StageKind for Metrics {
         true
     }
     fn resources(&self, _with: &Params) -> Resources {
-        Resources { gpu: true }
+        Resources {
+            gpu: true,
+            fan_out: false,
+        }
     }
     fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<Value> {
         // Files outside the pipeline's stages are fingerprinted by content.

@@ -13,6 +13,7 @@
 pub mod command;
 pub mod context;
 pub mod downsample;
+pub mod fanout;
 pub mod metrics;
 pub mod params;
 pub mod publish;
@@ -32,6 +33,9 @@ pub struct Resources {
     /// The stage wants an accelerator (a GPU stage holds its device while it runs;
     /// on a CPU-only machine it runs on the CPU like any other stage).
     pub gpu: bool,
+    /// Its work is split into shards that workers on several devices share (sampling):
+    /// when the run hands out devices, it takes every free one and runs a worker on each.
+    pub fan_out: bool,
 }
 
 /// Context available when a fingerprint is computed (before the stage runs).

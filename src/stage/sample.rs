@@ -165,7 +165,10 @@ impl StageKind for Sample {
         Some((plans.len(), missing))
     }
     fn resources(&self, _with: &Params) -> Resources {
-        Resources { gpu: true }
+        Resources {
+            gpu: true,
+            fan_out: true,
+        }
     }
     fn fingerprint_extra(&self, cx: &PlanContext<'_>, with: &Params) -> anyhow::Result<Value> {
         // Explicit model folders are outside the pipeline: their content is fingerprinted.
@@ -314,19 +317,77 @@ impl StageKind for Sample {
                 &chain.stages.iter().map(|s| serde_json::json!({"stage": s.name, "path": s.checkpoint.path, "sha256": s.checkpoint.sha256})).collect::<Vec<_>>(),
             )?,
             sampler: serde_json::to_string(&chain.stages.iter().map(|s| serde_json::json!({"stage": s.name, "settings": s.sampler})).collect::<Vec<_>>())?,
-            device: cx.device.describe(),
-            worker: cx.shard.map(|s| format!("{}/{}", s.index, s.count)).unwrap_or_else(|| "0/1".into()),
+            device: cx.device_name(),
+            worker: match (&cx.worker, cx.shard, cx.devices.first()) {
+                (Some(w), _, _) => w.name.clone(),
+                (None, Some(s), _) => format!("{}/{}", s.index, s.count),
+                (None, None, Some(d)) if cx.devices.len() > 1 => d.name.clone(),
+                _ => "0/1".into(),
+            },
             postprocess: p.postprocess.clone(),
             start,
         };
+        let mut info = serde_json::Map::new();
+        // Several devices: a worker process on each takes the shards; what a crashed
+        // worker left undone is made below, here.
+        let fan_out =
+            cx.worker.is_none() && cx.shard.is_none() && cx.devices.len() > 1 && todo.len() > 1;
+        if fan_out {
+            let done_images = || {
+                mine.iter()
+                    .filter(|s| shard_done(&cx.out, s))
+                    .map(|s| s.seeds.len() as u64)
+                    .sum()
+            };
+            let ends = super::fanout::run_workers(cx, &done_images)?;
+            for e in &ends {
+                cx.progress.log(match &e.done {
+                    Some(d) => format!(
+                        "worker {}: {} shards, {} images in {:.1} s",
+                        e.device, d.shards, d.images, d.seconds
+                    ),
+                    None => format!("worker {}: {} (no shards reported)", e.device, e.exit),
+                });
+            }
+            info.insert("workers".into(), serde_json::to_value(&ends)?);
+        }
         let mut timing = crate::sample::job::ShardTiming::default();
+        let mut made = 0usize;
+        let mut made_images = 0u64;
         for plan in todo {
-            // Another process may hold this shard: wait, then skip it if it finished it.
-            let _shard = cx.lock_shard(plan.index)?;
+            let _shard = match &cx.worker {
+                // A worker moves on when another process holds the shard.
+                Some(w) => {
+                    if w.orphaned() {
+                        bail!(
+                            "worker {}: the run that started it is gone; stopping",
+                            w.name
+                        );
+                    }
+                    match cx.try_lock_shard(plan.index)? {
+                        Some(l) => l,
+                        None => continue,
+                    }
+                }
+                // Another process may hold this shard: wait, then skip it if it finished it.
+                None => cx.lock_shard(plan.index)?,
+            };
             if shard_done(&cx.out, plan) {
-                cx.progress.inc(plan.seeds.len() as u64);
+                if cx.worker.is_none() && !fan_out {
+                    cx.progress.inc(plan.seeds.len() as u64);
+                }
                 continue;
             }
+            if let Some(w) = &cx.worker {
+                w.test_delay();
+            } else if fan_out {
+                cx.progress.log(format!(
+                    "shard {} was left unfinished by the workers: making it again here",
+                    plan.index
+                ));
+            }
+            made += 1;
+            made_images += plan.seeds.len() as u64;
             cx.progress.message(format!("shard {}", plan.index));
             timing += run_shard(
                 &chain,
@@ -339,11 +400,21 @@ impl StageKind for Sample {
                 |n| cx.progress.inc(n as u64),
             )?;
         }
-        let mut info = serde_json::Map::new();
         info.insert("seeds".into(), Value::from(p.seeds.len()));
+        if fan_out {
+            info.insert("redone_shards".into(), Value::from(made));
+        }
         info.insert("generate_seconds".into(), Value::from(timing.generate));
         info.insert("other_seconds".into(), Value::from(timing.other));
-        if left > 0 {
+        if cx.worker.is_some() {
+            info.insert("worker_shards".into(), Value::from(made));
+            return Ok(Outcome {
+                images: Some(made_images),
+                info,
+                partial: true,
+            });
+        }
+        if left > 0 && !fan_out {
             cx.progress.log(format!(
                 "{left} images in {:.1} s ({:.2} images/s); {:.1}% of the time outside the samplers (PNG, tar, manifest)",
                 timing.generate + timing.other,

@@ -2,8 +2,11 @@
 //! (`KEY.<res>.png`, `KEY.cls`, `KEY.json`), read in an order that depends only on the seed
 //! and the position, so a resumed run sees exactly the images it would have seen.
 //!
-//! 1. Epoch e visits this rank's shards (every `world`-th shard from `rank`) in a seeded
-//!    permutation of (seed, e), reading each with the `webdataset` crate.
+//! 1. Epoch e visits the shards in a seeded permutation of (seed, e), reading each with
+//!    the `webdataset` crate. This is one stream whatever the number of ranks: of every
+//!    step's `batch` images, rank r takes the r-th slice of `batch / world` and skips the
+//!    others' without decoding them, so W ranks train on exactly the images (and flips)
+//!    one process with the whole batch sees, and every rank's position is the same.
 //! 2. A shuffle buffer of `shuffle_buffer` samples: fill it, then emit a seeded random
 //!    member and refill from the stream; drain it at the end of the epoch.
 //! 3. Emitted samples are decoded to float32 CHW in [−1, 1] (uint8 / 127.5 − 1, RDM_NOTES
@@ -46,6 +49,8 @@ pub struct DataSpec {
     pub seed: u64,
     pub rank: usize,
     pub world: usize,
+    /// Images each rank takes per step (`batch / world`); used when `world > 1`.
+    pub per_rank: usize,
 }
 
 /// One decoded micro-batch.
@@ -128,6 +133,8 @@ pub struct PairLoader {
     shards: Vec<PathBuf>,
     epoch: Epoch,
     pos: DataPosition,
+    /// Images this rank took of its slice of the current step (several ranks).
+    in_step: usize,
 }
 
 impl PairLoader {
@@ -140,18 +147,10 @@ impl PairLoader {
                 spec.dir.display()
             );
         }
-        let shards: Vec<PathBuf> = all
-            .into_iter()
-            .skip(spec.rank)
-            .step_by(spec.world)
-            .collect();
-        if shards.is_empty() {
-            bail!(
-                "rank {} of {} has no shard to read: make more shards than ranks",
-                spec.rank,
-                spec.world
-            );
+        if spec.world > 1 && spec.per_rank == 0 {
+            bail!("{} ranks need at least one image each per step", spec.world);
         }
+        let shards = all;
         let mut epoch = Epoch::open(&shards, &spec, pos.epoch);
         for i in 0..pos.taken {
             if epoch.next(spec.shuffle_buffer)?.is_none() {
@@ -168,7 +167,31 @@ impl PairLoader {
             shards,
             epoch,
             pos,
+            in_step: 0,
         })
+    }
+
+    /// The next sample of this rank: with several ranks, the others' slices of the step
+    /// are passed over (read, not decoded).
+    fn next_mine(&mut self) -> anyhow::Result<(String, ShardSample, DataPosition)> {
+        if self.spec.world == 1 {
+            return self.next_raw();
+        }
+        let per = self.spec.per_rank;
+        if self.in_step == 0 {
+            for _ in 0..self.spec.rank * per {
+                self.next_raw()?;
+            }
+        }
+        let got = self.next_raw()?;
+        self.in_step += 1;
+        if self.in_step == per {
+            self.in_step = 0;
+            for _ in 0..(self.spec.world - 1 - self.spec.rank) * per {
+                self.next_raw()?;
+            }
+        }
+        Ok(got)
     }
 
     pub fn position(&self) -> DataPosition {
@@ -204,7 +227,7 @@ impl PairLoader {
         let mut values = Vec::with_capacity(n * 3 * plane);
         let mut classes = self.spec.label_dim.map(|_| Vec::with_capacity(n));
         for _ in 0..n {
-            let (shard, s, at) = self.next_raw()?;
+            let (shard, s, at) = self.next_mine()?;
             let what = format!("{shard}#{}", s.key);
             let field = format!("{side}.png");
             let Some(bytes) = s.get(&field) else {
@@ -363,6 +386,7 @@ mod tests {
             seed: 7,
             rank: 0,
             world: 1,
+            per_rank: 0,
         }
     }
 
@@ -402,6 +426,48 @@ mod tests {
             .unwrap();
         assert_eq!(x, y);
         assert_eq!(rest.classes, again.classes);
+    }
+
+    /// Three ranks, each taking its slice of every step of 6 (two micro-batches of 1), see
+    /// together exactly the one-rank stream — images, flips and labels — and stand at the
+    /// same position after every step.
+    #[test]
+    fn ranks_take_slices_of_the_one_process_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(dir.path(), 3, 4);
+        let dev = Device::Cpu;
+        let mut one = PairLoader::open(spec(dir.path()), DataPosition::default()).unwrap();
+        let mut ranks: Vec<PairLoader> = (0..3)
+            .map(|rank| {
+                let s = DataSpec {
+                    rank,
+                    world: 3,
+                    per_rank: 2,
+                    ..spec(dir.path())
+                };
+                PairLoader::open(s, DataPosition::default()).unwrap()
+            })
+            .collect();
+        for _step in 0..5 {
+            let want = one.next_batch(6, &dev).unwrap();
+            let mut got = Vec::new();
+            let mut classes = Vec::new();
+            for r in ranks.iter_mut() {
+                for _micro in 0..2 {
+                    let b = r.next_batch(1, &dev).unwrap();
+                    got.extend(b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                    classes.extend(b.classes.unwrap());
+                }
+            }
+            assert_eq!(
+                got,
+                want.images.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            assert_eq!(Some(classes), want.classes);
+            for r in &ranks {
+                assert_eq!(r.position(), one.position());
+            }
+        }
     }
 
     #[test]

@@ -17,10 +17,11 @@
 //! uninterrupted one, also with dropout: its masks are drawn from keys too
 //! ([`crate::model::dropout`]).
 //!
-//! Data parallel ([`parallel`]): one process per GPU, rank and world size from the launcher
-//! (`relay exec` reads [`World::from_env`]: torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK` or Slurm's
-//! `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID`). Each rank reads every `world`-th shard
-//! and runs `batch / world` images per step; gradients and loss sums are summed over the
+//! Data parallel ([`parallel`]): one thread per local device (`relay run --devices`), or
+//! one process per GPU with rank and world size from the launcher (`relay exec` reads
+//! [`World::from_env`]: torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK` or Slurm's
+//! `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID`). Each rank takes its slice of `batch / world`
+//! images of every step of the one data stream ([`data`]); gradients and loss sums are summed over the
 //! ranks with NCCL (`--features nccl`) after every step. Rank 0 resumes, logs and writes
 //! snapshots (with every rank's data position); the others take its state at the start.
 

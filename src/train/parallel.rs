@@ -1,4 +1,4 @@
-//! Data-parallel training: one process per GPU, each on its own shards, gradients summed
+//! Data-parallel training: one rank per device, each on its slice of every step's batch, gradients summed
 //! over all of them after every step.
 //!
 //! The trainer speaks to the other processes through a [`Collective`]:
@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -55,8 +55,11 @@ impl Collective for Solo {
     }
 }
 
-/// Ranks as threads of one process (tests, and data-parallel runs where every rank
-/// shares one device). Sums run in rank order, so every rank gets the same bits.
+/// Ranks as threads of one process: `relay run` training on several local devices (one
+/// thread per device, tensors exchanged through memory) and the tests. Sums run in rank
+/// order, so every rank gets the same bits. A rank that leaves (its thread returned an
+/// error or panicked, dropping its member) breaks the group: the others' next collective
+/// fails instead of waiting for a peer that will never come.
 pub struct ThreadGroup {
     rank: usize,
     shared: Arc<Shared>,
@@ -65,7 +68,54 @@ pub struct ThreadGroup {
 struct Shared {
     size: usize,
     slots: Mutex<Vec<Option<Tensor>>>,
-    barrier: Barrier,
+    gate: Gate,
+}
+
+/// A reusable barrier that a leaving rank breaks.
+struct Gate {
+    /// (arrived in this round, round, broken by rank)
+    state: Mutex<(usize, u64, Option<usize>)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn wait(&self, size: usize) -> Result<()> {
+        let poisoned = || candle_core::Error::Msg("a rank of the thread group panicked".into());
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        if let Some(r) = st.2 {
+            candle_core::bail!("rank {r} of the thread group stopped");
+        }
+        let round = st.1;
+        st.0 += 1;
+        if st.0 == size {
+            st.0 = 0;
+            st.1 += 1;
+            self.cv.notify_all();
+            return Ok(());
+        }
+        while st.1 == round && st.2.is_none() {
+            st = self.cv.wait(st).map_err(|_| poisoned())?;
+        }
+        match (st.1 == round, st.2) {
+            (true, Some(r)) => candle_core::bail!("rank {r} of the thread group stopped"),
+            _ => Ok(()),
+        }
+    }
+
+    fn leave(&self, rank: usize) {
+        if let Ok(mut st) = self.state.lock() {
+            st.2.get_or_insert(rank);
+            self.cv.notify_all();
+        }
+    }
+}
+
+impl Drop for ThreadGroup {
+    fn drop(&mut self) {
+        // The ranks that finished the same collectives are past every round by now; only
+        // a rank still waiting (a peer stopped early) is woken with an error.
+        self.shared.gate.leave(self.rank);
+    }
 }
 
 impl ThreadGroup {
@@ -74,7 +124,10 @@ impl ThreadGroup {
         let shared = Arc::new(Shared {
             size,
             slots: Mutex::new(vec![None; size]),
-            barrier: Barrier::new(size),
+            gate: Gate {
+                state: Mutex::new((0, 0, None)),
+                cv: Condvar::new(),
+            },
         });
         (0..size)
             .map(|rank| ThreadGroup {
@@ -94,9 +147,9 @@ impl ThreadGroup {
                 .map_err(|_| candle_core::Error::Msg("a rank of the thread group panicked".into()))
         };
         lock()?[self.rank] = Some(t.clone());
-        self.shared.barrier.wait();
+        self.shared.gate.wait(self.shared.size)?;
         let all: Vec<Tensor> = lock()?.iter().flatten().cloned().collect();
-        self.shared.barrier.wait();
+        self.shared.gate.wait(self.shared.size)?;
         if all.len() != self.shared.size {
             candle_core::bail!(
                 "thread group: {} of {} ranks took part",
@@ -414,6 +467,26 @@ mod nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rank whose thread ends early (an error) must not leave the others waiting.
+    #[test]
+    fn a_rank_that_leaves_breaks_the_group_instead_of_hanging() {
+        let mut group = ThreadGroup::new(2).into_iter();
+        let (g0, g1) = (group.next().unwrap(), group.next().unwrap());
+        let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        // Both take part in one collective, then rank 1 stops.
+        let h = std::thread::spawn(move || {
+            let t = Tensor::new(&[2f32], &Device::Cpu).unwrap();
+            g1.all_reduce_sum(&t).map(|s| s.to_vec1::<f32>().unwrap())
+        });
+        assert_eq!(
+            g0.all_reduce_sum(&t).unwrap().to_vec1::<f32>().unwrap(),
+            [3.]
+        );
+        assert_eq!(h.join().unwrap().unwrap(), [3.]);
+        let e = g0.all_reduce_sum(&t).unwrap_err().to_string();
+        assert!(e.contains("rank 1") && e.contains("stopped"), "{e}");
+    }
 
     #[test]
     fn thread_group_sums_broadcasts_and_gathers_in_rank_order() -> Result<()> {

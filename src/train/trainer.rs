@@ -203,6 +203,7 @@ pub fn train(
         seed: cfg.seed,
         rank: world.rank,
         world: world.size,
+        per_rank: cfg.batch / world.size,
     };
     let mut loader = PairLoader::open(spec, run.state.data)?;
     mon.start(total, run.state.nimg);

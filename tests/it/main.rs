@@ -7,6 +7,7 @@
 //! | `spec`   | validation errors: positions, hints, cycles, exit code 2 |
 //! | `runner` | caching, plan explanations, concurrency, matrix, failures, kill -9 |
 //! | `many`   | many processes, one workdir: exec per stage, locks, crash points, ranks, injection (issue 15) |
+//! | `devices` | every device of the machine: sampling fan-out, parallel and data-parallel training, device errors (issue 16) |
 //! | `sample` | sampling jobs: shards, manifest, workers, resume, export |
 //! | `slurm`  | the Slurm executor on a real one-node Slurm: job arrays, merge, resubmission |
 //! | `hub`    | the `publish` stage and `hf://` checkpoints against a stand-in Hub (issue 7) |
@@ -17,6 +18,7 @@
 
 mod common;
 mod data;
+mod devices;
 mod hub;
 mod hub_server;
 mod many;

@@ -9,7 +9,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{shas, Project};
-use crate::sample::model_dir;
 
 /// Wait (at most 60 s) until `path` exists.
 fn wait_for(path: &Path, what: &str) {
@@ -172,14 +171,7 @@ fn independent_stages_run_at_once_and_one_stage_runs_once() {
 }
 
 fn sample_project() -> Project {
-    let p = Project::new();
-    model_dir(&p.path().join("models/base"), 8, None, 1);
-    model_dir(&p.path().join("models/relay"), 16, Some(2), 2);
-    p.write(
-        "p.yaml",
-        "name: s\nworkdir: runs\nstages:\n  samples:\n    uses: sample\n    with:\n      seeds: 0-23\n      samples_per_shard: 4\n      batch: 4\n      models: [models/base, models/relay]\n      stages: { models/base: { num_steps: 3 }, models/relay: { num_steps: 6 } }\n",
-    );
-    p
+    crate::sample::chain_project("0-23", 4, (3, 6))
 }
 
 /// Two workers given the same shards (a requeued task beside its ghost) write each shard

@@ -34,15 +34,25 @@ fn model_dir_of(dir: &Path, cfg: &UnetConfig, relay: Option<usize>, seed: u64) {
     .unwrap();
 }
 
-fn project() -> Project {
+/// A project with a two-stage chain of tiny random models (8 px base, 16 px relay) and a
+/// pipeline `p.yaml` of one `samples` stage: `seeds`, shards of 4, `batch`, and the two
+/// samplers' step counts.
+pub fn chain_project(seeds: &str, batch: usize, steps: (u32, u32)) -> Project {
     let p = Project::new();
     model_dir(&p.path().join("models/base"), 8, None, 1);
     model_dir(&p.path().join("models/relay"), 16, Some(2), 2);
     p.write(
         "p.yaml",
-        "name: s\nworkdir: runs\nstages:\n  samples:\n    uses: sample\n    with:\n      seeds: 0-11\n      samples_per_shard: 4\n      batch: 3\n      models: [models/base, models/relay]\n      stages: { models/base: { num_steps: 4 }, models/relay: { num_steps: 10 } }\n",
+        &format!(
+            "name: s\nworkdir: runs\nstages:\n  samples:\n    uses: sample\n    with:\n      seeds: {seeds}\n      samples_per_shard: 4\n      batch: {batch}\n      models: [models/base, models/relay]\n      stages: {{ models/base: {{ num_steps: {} }}, models/relay: {{ num_steps: {} }} }}\n",
+            steps.0, steps.1
+        ),
     );
     p
+}
+
+fn project() -> Project {
+    chain_project("0-11", 3, (4, 10))
 }
 
 #[test]

@@ -100,7 +100,10 @@ impl StageKind for Train {
         true
     }
     fn resources(&self, _with: &Params) -> Resources {
-        Resources { gpu: true }
+        Resources {
+            gpu: true,
+            fan_out: false,
+        }
     }
     fn fingerprint_extra(
         &self,

@@ -71,23 +71,34 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
             )
         })?
     };
-    let cfg = p
+    let mut cfg = p
         .resolve(model, label_dim)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
-    let world = cx.world;
-    let (device, device_name) = rank_device(cx, world)?;
-    let group =
-        collective(world, &device).map_err(|e| e.context(format!("stage `{}`", cx.name)))?;
+    // Several ranks without an explicit `micro_batch`: each rank's share of the batch in
+    // one pass (the default of one rank is the whole batch in one pass).
+    let ranks = cx.devices.len().max(cx.world.size).max(1);
+    if p.micro_batch.is_none() && ranks > 1 && cfg.batch.is_multiple_of(ranks) {
+        cfg.micro_batch = cfg.batch / ranks;
+    }
     std::fs::create_dir_all(&cx.out)?;
-    let summary = match train::train(
-        &cfg,
-        &input.dir,
-        &cx.out,
-        &device,
-        &device_name,
-        group.as_ref(),
-        &StageMonitor(cx),
-    ) {
+    let trained = if cx.devices.len() > 1 {
+        local_ranks(cx, &cfg, &input.dir)
+    } else {
+        let world = cx.world;
+        let (device, device_name) = rank_device(cx, world)?;
+        let group =
+            collective(world, &device).map_err(|e| e.context(format!("stage `{}`", cx.name)))?;
+        train::train(
+            &cfg,
+            &input.dir,
+            &cx.out,
+            &device,
+            &device_name,
+            group.as_ref(),
+            &StageMonitor(cx),
+        )
+    };
+    let summary = match trained {
         Ok(s) => s,
         Err(e) if e.downcast_ref::<TrainCancelled>().is_some() => {
             cx.progress.log(format!("{e:#}"));
@@ -112,6 +123,102 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
         info,
         partial: false,
     })
+}
+
+/// Rank r > 0 of a local data-parallel run: it writes nothing the stage keeps, and stops
+/// when the run is cancelled (rank 0 reports progress).
+struct RankMonitor<'a>(&'a StageContext);
+
+impl train::Monitor for RankMonitor<'_> {
+    fn start(&self, _total: u64, _done: u64) {}
+    fn progress(&self, _nimg: u64, _message: String) {}
+    fn log(&self, _line: &str) {}
+    fn cancelled(&self) -> bool {
+        self.0.cancel.is_cancelled()
+    }
+}
+
+/// Data-parallel training on the devices the executor handed the stage: one thread per
+/// device, gradients summed through memory ([`train::parallel::ThreadGroup`]). Rank 0
+/// writes the stage's output and snapshots; the others work in scratch folders that are
+/// removed afterwards. The result is rank 0's; an error on any rank stops all of them.
+fn local_ranks(
+    cx: &StageContext,
+    cfg: &train::TrainConfig,
+    data: &std::path::Path,
+) -> anyhow::Result<train::TrainSummary> {
+    let n = cx.devices.len();
+    let scratch = cx.workdir.join(".relay").join("tmp").join(&cx.name);
+    cx.progress.log(format!(
+        "training data-parallel on {n} devices ({}): {} images per step, {} per device",
+        cx.devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.batch,
+        cfg.batch / n
+    ));
+    let results: Vec<anyhow::Result<train::TrainSummary>> = std::thread::scope(|s| {
+        let handles: Vec<_> = train::parallel::ThreadGroup::new(n)
+            .into_iter()
+            .zip(&cx.devices)
+            .enumerate()
+            .map(|(rank, (group, token))| {
+                let scratch = &scratch;
+                s.spawn(move || -> anyhow::Result<train::TrainSummary> {
+                    let device = token.spec.device()?;
+                    let out = if rank == 0 {
+                        cx.out.clone()
+                    } else {
+                        let o = scratch.join(format!("rank-{rank}"));
+                        let _ = std::fs::remove_dir_all(&o);
+                        std::fs::create_dir_all(&o)?;
+                        o
+                    };
+                    let monitor: Box<dyn train::Monitor + '_> = if rank == 0 {
+                        Box::new(StageMonitor(cx))
+                    } else {
+                        Box::new(RankMonitor(cx))
+                    };
+                    let r = train::train(
+                        cfg,
+                        data,
+                        &out,
+                        &device,
+                        &token.name,
+                        &group,
+                        monitor.as_ref(),
+                    );
+                    // This rank is done: the others must not wait for it any more.
+                    drop(group);
+                    if rank > 0 {
+                        let _ = std::fs::remove_dir_all(&out);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a training rank panicked")))
+            })
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let first = results.next().expect("at least two ranks");
+    // Rank 0's error says most (a cancellation, a NaN step); a peer's when rank 0 only
+    // saw the group break.
+    match first {
+        Ok(s) => Ok(s),
+        Err(e) if e.downcast_ref::<TrainCancelled>().is_some() => Err(e),
+        Err(e) => Err(results
+            .filter_map(Result::err)
+            .find(|p| !format!("{p:#}").contains("of the thread group stopped"))
+            .unwrap_or(e)),
+    }
 }
 
 /// Refuse a data-parallel launch this build or device cannot do, before anything waits
