@@ -120,9 +120,46 @@ pub struct TrainConfig {
     /// as they are. Its vector feeds the network's `map_augment` (`model.augment_dim`).
     #[serde(default)]
     pub augment: Option<AugmentPipe>,
+    /// A snapshot folder of another run that a run without snapshots of its own continues
+    /// from (`init_from:`): its weights, EMA, Adam state, counters and data position. Its
+    /// settings must equal these but for [`TrainConfig::EXTENDABLE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
+    /// The settings a continued run (`init_from`) may change: how long it trains and how
+    /// often it logs, snapshots and previews, and the sampler defaults it stores.
+    pub const EXTENDABLE: [&'static str; 8] = [
+        "duration",
+        "tick_kimg",
+        "snapshot_kimg",
+        "keep_snapshots",
+        "preview_images",
+        "preview_steps",
+        "sampler",
+        "init_from",
+    ];
+
+    /// The settings (top-level names) of `old` that this run differs in and may not change
+    /// when it continues `old`'s training (empty: it may continue it).
+    pub fn cannot_continue(&self, old: &TrainConfig) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(old).unwrap_or_default(),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return vec!["(settings)".into()];
+        };
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !Self::EXTENDABLE.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+            .cloned()
+            .collect()
+    }
+
     /// Total images the run sees, rounded up to whole steps.
     pub fn total_images(&self) -> u64 {
         let b = self.batch as u64;

@@ -371,10 +371,29 @@ impl Run<'_> {
 
     /// Load the newest snapshot, if any. Returns its step.
     fn resume(&mut self, mon: &dyn Monitor) -> anyhow::Result<Option<u64>> {
-        let Some(dir) = snapshot::list(&self.snap_dir)?.last().cloned() else {
-            return Ok(None);
+        let own = snapshot::list(&self.snap_dir)?.last().cloned();
+        let (dir, continued) = match (own, &self.cfg.init_from) {
+            (Some(d), _) => (d, false),
+            (None, Some(init)) => (init.clone(), true),
+            (None, None) => return Ok(None),
         };
-        let (state, t) = snapshot::read(&dir, self.device)?;
+        let (mut state, t) = snapshot::read(&dir, self.device)?;
+        if continued {
+            let differ = self.cfg.cannot_continue(&state.config);
+            if !differ.is_empty() {
+                bail!(
+                    "`init_from`: the snapshot `{}` was trained with other {}; a continued run may                      change only {} (or train from scratch without `init_from`)",
+                    dir.display(),
+                    differ.join(", "),
+                    TrainConfig::EXTENDABLE[..7].join(", ")
+                );
+            }
+            state.config = self.cfg.clone();
+            mon.log(&format!(
+                "continuing the training of `{}` (init_from)",
+                dir.display()
+            ));
+        }
         if state.config != *self.cfg {
             bail!(
                 "the snapshot `{}` was made with other training settings; remove `{}` to start over",

@@ -653,3 +653,51 @@ fn null_in_the_pipeline_overrides_a_template_value() {
         "null2\n"
     );
 }
+
+/// Issue 15, point 2: a finished run can be trained longer. A stage with `init_from: base`
+/// and twice the steps continues `base`'s last snapshot (weights, EMA, Adam, step, data
+/// position) and ends with the bytes of a run that had the longer duration from the start;
+/// a change that is not a duration or cadence is refused, naming it.
+#[test]
+fn init_from_trains_a_finished_run_longer_exactly() {
+    let base = "  base:\n    uses: train\n    needs: [pairs]\n    with: { diffusion: edm, resolution: 8, model: tiny, batch: 8, steps: 4, lr: 1e-3, lr_rampup_kimg: 0,\n            tick_kimg: 0.016, snapshot_kimg: 0.016, preview_images: 0 }\n";
+    assert!(CASCADE.contains(base));
+    let head = &CASCADE[..CASCADE.find("  base:").unwrap()];
+    let longer = |extra: &str| {
+        format!(
+            "{head}{base}  longer:\n    uses: train\n    needs: [pairs, base]\n    with: {{ diffusion: edm, resolution: 8, model: tiny, batch: 8, steps: 8, lr: 1e-3, lr_rampup_kimg: 0,\n            tick_kimg: 0.016, snapshot_kimg: 0.032, preview_images: 0, init_from: base{extra} }}\n"
+        )
+    };
+    let p = Project::new();
+    p.write("t.yaml", &longer(""));
+    let r = p.run(&["run", "t.yaml", "--device", "cpu"]);
+    r.code(0);
+    let log = std::fs::read_to_string(p.path().join("runs/.relay/logs/longer.log")).unwrap();
+    assert!(log.contains("continuing the training of"), "{log}");
+    let q = Project::new();
+    q.write(
+        "t.yaml",
+        &format!("{head}{}", base.replace("steps: 4", "steps: 8")),
+    );
+    q.run(&["run", "t.yaml", "--device", "cpu"]).code(0);
+    let sha = |p: &Project, s: &str| {
+        relay::util::sha256_file(&p.path().join(format!("runs/{s}/model.safetensors"))).unwrap()
+    };
+    assert_eq!(
+        sha(&p, "longer"),
+        sha(&q, "base"),
+        "4 + 4 steps differ from 8 steps"
+    );
+    // Another learning rate is not a continuation.
+    p.write(
+        "u.yaml",
+        &longer("").replace("steps: 8, lr: 1e-3", "steps: 8, lr: 2e-3"),
+    );
+    let r = p.run(&["run", "u.yaml", "--device", "cpu"]);
+    r.code(1);
+    assert!(
+        r.stderr.contains("init_from") && r.stderr.contains("lr"),
+        "{}",
+        r.stderr
+    );
+}

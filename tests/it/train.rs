@@ -88,6 +88,7 @@ fn config(objective: Objective, steps: u64) -> TrainConfig {
         bf16: false,
         fp16: false,
         augment: None,
+        init_from: None,
     }
 }
 

@@ -42,6 +42,7 @@
 //! | `sampler` | sampler defaults stored in `config.json` (EDM or blur sampler fields) | CLI defaults |
 //! | `bf16` | bfloat16 network (CUDA builds only) | false |
 //! | `fp16` | float16 network as EDM's `--fp16` (CUDA devices only, checked when the stage runs; static `loss_scaling`, no dynamic scaler, as the reference) | false |
+//! | `init_from` | continue another run's training (weights, EMA, Adam, step, data position) when this one has no snapshot: an upstream `train` stage in `needs:`, a train output folder or a snapshot folder; only the duration, log/snapshot/preview cadence and sampler defaults may differ (e.g. train a finished run longer) | null |
 //! | `augment` | EDM's non-leaky augmentation pipe at probability p with RDM's multipliers; its 9-dim vector conditions the network (`augment_dim` 9); 0 or null: off | null |
 //!
 //! Output: `model.safetensors` (EMA), `config.json`, `train_log.parquet`, `loss.png`,
@@ -111,12 +112,30 @@ impl StageKind for Train {
         with: &Params,
     ) -> anyhow::Result<serde_json::Value> {
         let p: TrainParams = parse_params(with)?;
-        if PRESETS.contains(&p.model.as_str()) {
-            return Ok(serde_json::Value::Null);
+        let mut extra = serde_json::Map::new();
+        if !PRESETS.contains(&p.model.as_str()) {
+            // A model given as a file: its content is part of what the stage does.
+            let cfg = load_model(&p.model, cx.pipeline_dir)?;
+            extra.insert("model".into(), serde_json::to_value(cfg)?);
         }
-        // A model given as a file: its content is part of what the stage does.
-        let cfg = load_model(&p.model, cx.pipeline_dir)?;
-        Ok(serde_json::to_value(cfg)?)
+        // `init_from` a folder (not an upstream stage, whose fingerprint is an input): the
+        // snapshot it continues, by content.
+        if let Some(i) = &p.init_from {
+            let dir = cx.pipeline_dir.join(i);
+            if dir.exists() {
+                let snap = run::newest_snapshot(&dir)?;
+                extra.insert(
+                    "init_from".into(),
+                    crate::base::digest::digest_path(&snap)?.into(),
+                );
+            }
+        }
+        Ok(match extra.len() {
+            0 => serde_json::Value::Null,
+            // As before `init_from` existed: the model config alone.
+            1 if extra.contains_key("model") => extra.remove("model").unwrap_or_default(),
+            _ => serde_json::Value::Object(extra),
+        })
     }
     fn run(&self, cx: &StageContext) -> anyhow::Result<Outcome> {
         run::run(cx)

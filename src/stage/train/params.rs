@@ -129,4 +129,8 @@ pub(super) struct TrainParams {
     /// EDM's augmentation pipe at this probability (RDM's multipliers); 0 or null: off.
     #[serde(default)]
     pub(super) augment: Option<f64>,
+    /// Continue another run's training: an upstream `train` stage in `needs:`, or a path
+    /// to a train stage's output or to one snapshot folder.
+    #[serde(default)]
+    pub(super) init_from: Option<String>,
 }

@@ -337,6 +337,8 @@ impl TrainParams {
             bf16: self.bf16,
             fp16: self.fp16,
             augment,
+            // Resolved to a snapshot folder when the stage runs (`run.rs`).
+            init_from: None,
         })
     }
 }

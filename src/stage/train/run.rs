@@ -31,7 +31,20 @@ impl train::Monitor for StageMonitor<'_> {
 /// Train the stage of `cx` (see the module doc of [`super`]).
 pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
     let p: TrainParams = parse_params(&cx.params)?;
-    let input = cx.single_input()?;
+    // The pairs are the input that is not the run `init_from` continues.
+    let init_input = p
+        .init_from
+        .as_ref()
+        .and_then(|n| cx.inputs.iter().find(|i| &i.name == n));
+    let data: Vec<&crate::stage::Input> = cx
+        .inputs
+        .iter()
+        .filter(|i| Some(&i.name) != init_input.map(|i| &i.name))
+        .collect();
+    let input = match data.as_slice() {
+        [one] => *one,
+        _ => cx.single_input()?,
+    };
     let objective = p.objective()?;
     // An early, clear error when the pairs lack a resolution this stage needs.
     if let Some(levels) = input
@@ -74,6 +87,17 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
     let mut cfg = p
         .resolve(model, label_dim)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.key.unwrap_or_default(), e.message))?;
+    if let Some(name) = &p.init_from {
+        let src = match init_input {
+            Some(i) => i.dir.clone(),
+            None => cx.resolve_path(name),
+        };
+        let snap = newest_snapshot(&src)
+            .map_err(|e| anyhow::anyhow!("stage `{}`: `init_from: {name}`: {e}", cx.name))?;
+        cx.progress
+            .log(format!("init_from: continuing from {}", snap.display()));
+        cfg.init_from = Some(snap);
+    }
     // Several ranks without an explicit `micro_batch`: each rank's share of the batch in
     // one pass (the default of one rank is the whole batch in one pass).
     let ranks = cx.devices.len().max(cx.world.size).max(1);
@@ -123,6 +147,22 @@ pub(super) fn run(cx: &StageContext) -> anyhow::Result<Outcome> {
         info,
         partial: false,
     })
+}
+
+/// The snapshot a run continues from: `dir` itself when it is one, else the newest of
+/// `dir/snapshots/` (a train stage's output).
+pub(super) fn newest_snapshot(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    if dir.join(train::snapshot::STATE_JSON).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let snaps = dir.join("snapshots");
+    match train::snapshot::list(&snaps).ok().and_then(|l| l.last().cloned()) {
+        Some(s) => Ok(s),
+        None => bail!(
+            "{} holds no training snapshot (give a train stage's output, a train stage in              `needs:`, or one snapshot folder)",
+            crate::util::display_path(dir)
+        ),
+    }
 }
 
 /// Rank r > 0 of a local data-parallel run: it writes nothing the stage keeps, and stops
