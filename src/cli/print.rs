@@ -141,25 +141,36 @@ pub fn status(plan: &Plan) {
     let records = crate::base::record::read_all(&plan.spec.workdir);
     let jobs = crate::exec::slurm::JobsFile::load(&plan.spec.workdir);
     let w = name_width(plan.nodes.iter().map(|n| n.name.as_str()));
+    let last = |name: &str| records.iter().rev().find(|r| r.stage == name);
+    let devices_of = |r: &crate::base::record::Record| {
+        if r.devices.is_empty() {
+            r.device.clone()
+        } else {
+            r.devices.join(",")
+        }
+    };
+    let dw = plan
+        .nodes
+        .iter()
+        .filter_map(|n| last(&n.name).map(|r| devices_of(r).len()))
+        .max()
+        .unwrap_or(0)
+        .max(7);
     println!(
-        "{:<w$}  {:<10} {:<21} {:>9} {:>12}  {:<10}  output",
+        "{:<w$}  {:<10} {:<21} {:>9} {:>12}  {:<dw$}  output",
         "stage", "last run", "ended (UTC)", "seconds", "device-hours", "devices"
     );
     for &i in &plan.order {
         let name = &plan.nodes[i].name;
         match records.iter().rev().find(|r| &r.stage == name) {
             Some(r) => println!(
-                "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {:<10}  {}",
+                "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {:<dw$}  {}",
                 name,
                 r.status,
                 r.ended,
                 r.seconds,
                 r.device_hours,
-                if r.devices.is_empty() {
-                    r.device.clone()
-                } else {
-                    r.devices.join(",")
-                },
+                devices_of(r),
                 r.output
                     .as_ref()
                     .map(|o| crate::util::display_path(&o.dir))

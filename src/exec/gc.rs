@@ -56,6 +56,10 @@ pub fn kept(workdir: &Path, stages: &[(String, Option<String>)]) -> Vec<Kept> {
             let p = workdir.join(".relay").join(what).join(name);
             if p.is_dir() {
                 let (files, bytes) = size(&p);
+                if files == 0 {
+                    // An empty folder a finished run left: nothing kept.
+                    continue;
+                }
                 out.push(Kept {
                     stage: name.clone(),
                     path: p,

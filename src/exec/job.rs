@@ -240,5 +240,8 @@ pub fn run_stage(job: StageJob) -> Message {
             }
         }
     };
+    // The stage's scratch folder, when the run left it empty (its private folder was
+    // renamed into place): `remove_dir` leaves a non-empty one alone.
+    let _ = std::fs::remove_dir(relay_dir.join("tmp").join(&node.name));
     finish(status, state)
 }
