@@ -77,10 +77,12 @@ pub struct WorkerEnd {
     pub exit: String,
 }
 
-/// Start one worker per device of `cx` and wait for all of them (see the module doc).
-/// `done_images` counts the images of the shards complete on disk (the progress bar).
+/// Start one worker per device of `cx` (at most `shards`, the shards left to make) and
+/// wait for all of them (see the module doc). `done_images` counts the images of the
+/// shards complete on disk (the progress bar).
 pub fn run_workers(
     cx: &StageContext,
+    shards: usize,
     done_images: &dyn Fn() -> u64,
 ) -> anyhow::Result<Vec<WorkerEnd>> {
     let exe = match &cx.exe {
@@ -101,11 +103,12 @@ pub fn run_workers(
     let cpus = cx
         .devices
         .iter()
+        .take(shards.max(1))
         .filter(|d| !d.spec.is_accelerator())
         .count();
     let mut children: Vec<(Child, WorkerJob)> = Vec::new();
     let started = (|| -> anyhow::Result<()> {
-        for (index, device) in cx.devices.iter().enumerate() {
+        for (index, device) in cx.devices.iter().take(shards.max(1)).enumerate() {
             let job = WorkerJob {
                 stage: cx.name.clone(),
                 kind: cx.kind.clone(),

@@ -339,7 +339,7 @@ impl StageKind for Sample {
                     .map(|s| s.seeds.len() as u64)
                     .sum()
             };
-            let ends = super::fanout::run_workers(cx, &done_images)?;
+            let ends = super::fanout::run_workers(cx, todo.len(), &done_images)?;
             for e in &ends {
                 cx.progress.log(match &e.done {
                     Some(d) => format!(
