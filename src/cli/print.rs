@@ -162,7 +162,7 @@ pub fn status(plan: &Plan) {
     );
     for &i in &plan.order {
         let name = &plan.nodes[i].name;
-        match records.iter().rev().find(|r| &r.stage == name) {
+        match last(name) {
             Some(r) => println!(
                 "{:<w$}  {:<10} {:<21} {:>9.1} {:>12.4}  {:<dw$}  {}",
                 name,
@@ -179,12 +179,7 @@ pub fn status(plan: &Plan) {
             None => println!("{:<w$}  {:<10}", name, "never"),
         }
         // Per-device time of a fanned-out stage (its workers).
-        if let Some(serde_json::Value::Array(ws)) = records
-            .iter()
-            .rev()
-            .find(|r| &r.stage == name)
-            .and_then(|r| r.info.get("workers"))
-        {
+        if let Some(serde_json::Value::Array(ws)) = last(name).and_then(|r| r.info.get("workers")) {
             for wk in ws {
                 let d = &wk["done"];
                 println!(

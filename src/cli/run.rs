@@ -54,15 +54,19 @@ fn local_devices(
     let devices = crate::device::run_devices(list, device).map_err(|e| BadInput(e.to_string()))?;
     let device = match devices.first() {
         Some(d) => d.spec,
-        None => {
-            let (d, warning) = device.resolve().map_err(|e| BadInput(e.to_string()))?;
-            if let Some(w) = warning {
-                eprintln!("warning: {w}");
-            }
-            d
-        }
+        None => resolve_device(device)?,
     };
     Ok((device, devices))
+}
+
+/// `--device` as this machine can honour it: a missing GPU is bad input; `auto` on a
+/// `cuda` build without one warns once.
+fn resolve_device(device: DeviceSpec) -> anyhow::Result<DeviceSpec> {
+    let (d, warning) = device.resolve().map_err(|e| BadInput(e.to_string()))?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    Ok(d)
 }
 
 /// `relay plan`: what would run, and why.
@@ -85,11 +89,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         // A launched rank: its device is cuda:LOCAL_RANK (checked by the stage).
         a.device
     } else {
-        let (d, warning) = a.device.resolve().map_err(|e| BadInput(e.to_string()))?;
-        if let Some(w) = warning {
-            eprintln!("warning: {w}");
-        }
-        d
+        resolve_device(a.device)?
     };
     if world.rank > 0 {
         crate::exec::follow::run(&plan, &a.stage, device, world)?;

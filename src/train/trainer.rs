@@ -382,7 +382,7 @@ impl Run<'_> {
             let differ = self.cfg.cannot_continue(&state.config);
             if !differ.is_empty() {
                 bail!(
-                    "`init_from`: the snapshot `{}` was trained with other {}; a continued run may                      change only {} (or train from scratch without `init_from`)",
+                    "`init_from`: the snapshot `{}` was trained with other {}; a continued run may change only {} (or train from scratch without `init_from`)",
                     dir.display(),
                     differ.join(", "),
                     TrainConfig::EXTENDABLE[..7].join(", ")

@@ -159,7 +159,7 @@ pub(super) fn newest_snapshot(dir: &std::path::Path) -> anyhow::Result<std::path
     match train::snapshot::list(&snaps).ok().and_then(|l| l.last().cloned()) {
         Some(s) => Ok(s),
         None => bail!(
-            "{} holds no training snapshot (give a train stage's output, a train stage in              `needs:`, or one snapshot folder)",
+            "{} holds no training snapshot (give a train stage's output, a train stage in `needs:`, or one snapshot folder)",
             crate::util::display_path(dir)
         ),
     }
